@@ -1,0 +1,1 @@
+"""Deploy ML models as HTTP APIs from Prefect flows."""

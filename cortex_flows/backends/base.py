@@ -1,0 +1,149 @@
+"""The Backend protocol: what every place that runs APIs must do, and the state it reports.
+
+Flows drive only this protocol, so the local agent and Kubernetes are interchangeable. The model is
+desired state: an API has versions (one per rollout), each with a replica count and a traffic weight;
+the backend converges to it and reports what is actually running.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+from cortex_flows.serving.config import ReplicaConfig
+
+
+class BackendError(Exception):
+    """A backend refused or failed an operation. `transient` says whether retrying may help."""
+
+    def __init__(self, message: str, *, transient: bool = False, status: int | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+
+
+class NotFound(BackendError):
+    """The named API or version does not exist on this backend."""
+
+
+class VersionSpec(BaseModel):
+    """One version of an API as a rollout asks for it: the replica recipe plus its identities."""
+
+    revision: int
+    endpoint: str
+    package_id: str
+    spec_hash: str  # changes on any spec change
+    pod_hash: str  # changes only when replicas must restart
+    replica: ReplicaConfig
+    spec: dict = Field(default_factory=dict)  # the API spec as deployed, for history and `get -v`
+
+
+class Outcome(StrEnum):
+    """How a version's rollout ended, as kept in the revision history."""
+
+    PENDING = "pending"
+    LIVE = "live"
+    SUPERSEDED = "superseded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled-back"
+
+
+class Revision(BaseModel):
+    """One entry of an API's revision history."""
+
+    revision: int
+    package_id: str
+    spec_hash: str
+    created: datetime
+    outcome: Outcome
+
+
+class VersionStatus(BaseModel):
+    """A live version: desired and observed replicas, and its share of traffic."""
+
+    revision: int
+    package_id: str
+    spec_hash: str
+    pod_hash: str
+    desired: int
+    ready: int
+    starting: int
+    failed: int
+    weight: int
+    created: datetime
+    message: str = ""
+
+
+class ApiState(StrEnum):
+    """Cortex's status words for an API."""
+
+    LIVE = "live"
+    UPDATING = "updating"
+    ERROR = "error"
+    STOPPED = "stopped"  # scaled to zero
+
+
+class ApiStatus(BaseModel):
+    """What `cortex-flows get` shows for an API."""
+
+    name: str
+    endpoint: str
+    state: ApiState
+    versions: list[VersionStatus]
+    last_update: datetime
+    mirror: int | None = None  # revision receiving a shadow copy of traffic, if any
+
+    @property
+    def requested(self) -> int:
+        return sum(v.desired for v in self.versions)
+
+    @property
+    def ready(self) -> int:
+        return sum(v.ready for v in self.versions)
+
+    @property
+    def current(self) -> VersionStatus | None:
+        """The newest version: the one a finished rollout leaves serving."""
+        return max(self.versions, key=lambda v: v.revision, default=None)
+
+    @property
+    def up_to_date(self) -> int:
+        cur = self.current
+        return cur.ready if cur else 0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Operations a flow may ask of the place APIs run. Every method is idempotent."""
+
+    async def apply_version(
+        self, api: str, version: VersionSpec, replicas: int, secret_env: dict[str, str] | None = None
+    ) -> None:
+        """Create the version if absent (else update its replica count and in-place settings)."""
+
+    async def set_traffic(self, api: str, weights: dict[int, int], mirror: int | None = None) -> None:
+        """Route traffic by revision -> weight (summing to 100); optionally mirror to one revision."""
+
+    async def scale_version(self, api: str, revision: int, replicas: int) -> None:
+        """Set a version's desired replicas; scale-downs drain before stopping."""
+
+    async def remove_version(self, api: str, revision: int, outcome: Outcome) -> None:
+        """Stop routing to a version, drain its replicas, stop them, and record its outcome."""
+
+    async def status(self, api: str) -> ApiStatus | None:
+        """The API's observed state, or None if it is not deployed."""
+
+    async def list_apis(self) -> list[ApiStatus]:
+        """Every API on this backend."""
+
+    async def history(self, api: str) -> list[Revision]:
+        """The API's last revisions, newest first."""
+
+    async def logs(self, api: str, tail: int = 200) -> str:
+        """The last lines of the API's replica logs."""
+
+    async def delete_api(self, api: str) -> bool:
+        """Stop and forget the API; False if it did not exist."""
