@@ -74,7 +74,8 @@ class VersionStatus(BaseModel):
     failed: int
     weight: int
     created: datetime
-    message: str = ""
+    restarts: int = 0  # crashes of this version's replicas so far
+    message: str = ""  # why the last replica failed
 
 
 class ApiState(StrEnum):
@@ -133,6 +134,12 @@ class Backend(Protocol):
     async def remove_version(self, api: str, revision: int, outcome: Outcome) -> None:
         """Stop routing to a version, drain its replicas, stop them, and record its outcome."""
 
+    async def record_outcome(self, api: str, revision: int, outcome: Outcome) -> None:
+        """Record how a version's rollout ended in the revision history."""
+
+    def endpoint_url(self, endpoint: str) -> str:
+        """The URL clients call for an API endpoint."""
+
     async def status(self, api: str) -> ApiStatus | None:
         """The API's observed state, or None if it is not deployed."""
 
@@ -147,3 +154,16 @@ class Backend(Protocol):
 
     async def delete_api(self, api: str) -> bool:
         """Stop and forget the API; False if it did not exist."""
+
+
+def summarize(versions: list[VersionStatus]) -> ApiState:
+    """Cortex's status rule: live when the newest version alone serves with all its replicas ready."""
+    if not versions or all(v.desired == 0 for v in versions):
+        return ApiState.STOPPED
+    newest = max(versions, key=lambda v: v.revision)
+    others_gone = all(v.desired == 0 and v.ready == 0 for v in versions if v is not newest)
+    if newest.ready >= newest.desired and others_gone:
+        return ApiState.LIVE
+    if newest.failed and newest.ready < newest.desired:
+        return ApiState.ERROR
+    return ApiState.UPDATING

@@ -1,0 +1,264 @@
+"""The local agent: one long-running process that owns replicas, the gateway and the control API.
+
+`python -m cortex_flows.backends.local.agent --home DIR --port 8888` (normally started by
+`cortex-flows cluster up` or the first deploy). Desired state lives in `DIR/state.json`; on start the
+agent reaps replicas a killed predecessor left behind and brings every API back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from cortex_flows.backends.base import (
+    ApiStatus,
+    BackendError,
+    NotFound,
+    Outcome,
+    Revision,
+    VersionSpec,
+    VersionStatus,
+    summarize,
+)
+from cortex_flows.backends.local.gateway import Gateway, RoutingTable, Upstream
+from cortex_flows.backends.local.home import AgentInfo, LocalHome, write_private
+from cortex_flows.backends.local.state import ApiRecord, VersionState, load_state, now, save_state
+from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS, Supervisor, log_tail
+
+log = logging.getLogger("cortex_flows.agent")
+
+
+class Agent:
+    """Desired state plus the machinery that converges to it. Mutations of one API are serialised."""
+
+    def __init__(self, home: LocalHome, gateway: Gateway, table: RoutingTable) -> None:
+        self.home = home
+        self.gateway = gateway
+        self.table = table
+        self.state = load_state(home.state_file)
+        self.supervisor = Supervisor(home.replicas, home.logs, self._publish)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, api: str) -> asyncio.Lock:
+        return self._locks.setdefault(api, asyncio.Lock())
+
+    def _save(self) -> None:
+        save_state(self.home.state_file, self.state)
+
+    def _record(self, api: str) -> ApiRecord:
+        rec = self.state.apis.get(api)
+        if rec is None:
+            raise NotFound(f"API {api!r} is not deployed")
+        return rec
+
+    def _secret_env(self, api: str) -> dict[str, str]:
+        path = self.home.secrets / f"{api}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _drain_count(self, upstream: Upstream) -> int:
+        return self.gateway.in_flight(upstream)
+
+    def _publish(self, api: str) -> None:
+        """Point the gateway at the ready replicas of each weighted version of the API."""
+        rec = self.state.apis.get(api)
+        if rec is None:
+            self.table.remove_route(api)
+            return
+        groups = [(w, self.supervisor.ready_upstreams(api, rev)) for rev, w in sorted(rec.weights.items())]
+        self.table.set_route(api, rec.endpoint, groups)
+
+    async def _converge(self, api: str, revision: int, grace: float = DEFAULT_GRACE_SECONDS) -> None:
+        rec = self._record(api)
+        version = rec.versions[revision]
+        config = version.spec.replica.model_copy(update={"cache_dir": str(self.home.cache)})
+        await self.supervisor.scale(
+            api, revision, config, version.replicas, self._secret_env(api), self._drain_count, grace
+        )
+
+    async def restore(self) -> None:
+        reaped = self.supervisor.reap_orphans()
+        if reaped:
+            log.info("stopped %d replica(s) left by a previous agent", reaped)
+        for api, rec in self.state.apis.items():
+            self._publish(api)
+            for revision in rec.versions:
+                await self._converge(api, revision)
+
+    # -- operations of the Backend protocol -------------------------------------------------------
+
+    async def apply_version(
+        self, api: str, spec: VersionSpec, replicas: int, secret_env: dict[str, str] | None
+    ) -> None:
+        async with self._lock(api):
+            rec = self.state.apis.get(api)
+            clash = next((r for r in self.state.apis.values() if r.endpoint == spec.endpoint), None)
+            if clash is not None and clash.name != api:
+                raise BackendError(f"endpoint {spec.endpoint} is already used by API {clash.name!r}", status=409)
+            if rec is None:
+                rec = self.state.apis[api] = ApiRecord(name=api, endpoint=spec.endpoint)
+            current = rec.versions.get(spec.revision)
+            if current is not None and current.spec.pod_hash != spec.pod_hash:
+                raise BackendError(
+                    f"revision {spec.revision} of {api!r} exists with other pod settings; use a new revision",
+                    status=409,
+                )
+            if secret_env is not None:
+                write_private(self.home.secrets / f"{api}.json", json.dumps(secret_env))
+            if current is None:
+                rec.versions[spec.revision] = VersionState(spec=spec, replicas=replicas)
+                rec.record(spec)
+                if not rec.weights:
+                    rec.weights = {spec.revision: 100}
+            else:
+                current.spec, current.replicas = spec, replicas
+            rec.endpoint = spec.endpoint
+            rec.last_update = now()
+            self._save()
+            self._publish(api)
+            await self._converge(api, spec.revision)
+
+    async def set_traffic(self, api: str, weights: dict[int, int], mirror: int | None) -> None:
+        async with self._lock(api):
+            rec = self._record(api)
+            unknown = set(weights) - set(rec.versions)
+            if unknown or (mirror is not None and mirror not in rec.versions):
+                raise BackendError(f"unknown revision(s) {sorted(unknown) or [mirror]} for {api!r}", status=400)
+            if sum(weights.values()) != 100 or any(w < 0 for w in weights.values()):
+                raise BackendError(f"weights must be >= 0 and sum to 100, got {weights}", status=400)
+            rec.weights, rec.mirror = dict(weights), mirror
+            rec.last_update = now()
+            self._save()
+            self._publish(api)
+
+    async def scale_version(self, api: str, revision: int, replicas: int) -> None:
+        async with self._lock(api):
+            rec = self._record(api)
+            if revision not in rec.versions:
+                raise NotFound(f"{api!r} has no revision {revision}")
+            rec.versions[revision].replicas = replicas
+            self._save()
+            await self._converge(api, revision)
+
+    async def remove_version(self, api: str, revision: int, outcome: Outcome) -> None:
+        async with self._lock(api):
+            rec = self._record(api)
+            if revision in rec.versions:
+                if rec.weights.get(revision) and len(rec.versions) == 1:
+                    raise BackendError(f"revision {revision} is the only version of {api!r}", status=409)
+                rec.weights.pop(revision, None)
+                if rec.mirror == revision:
+                    rec.mirror = None
+                self._publish(api)
+                await self.supervisor.stop_all(api, revision, self._drain_count, DEFAULT_GRACE_SECONDS)
+                del rec.versions[revision]
+            rec.set_outcome(revision, outcome)
+            rec.last_update = now()
+            self._save()
+
+    async def record_outcome(self, api: str, revision: int, outcome: Outcome) -> None:
+        async with self._lock(api):
+            self._record(api).set_outcome(revision, outcome)
+            self._save()
+
+    async def delete_api(self, api: str) -> bool:
+        async with self._lock(api):
+            rec = self.state.apis.pop(api, None)
+            if rec is None:
+                return False
+            self._save()
+            self.table.remove_route(api)
+            for revision in rec.versions:
+                await self.supervisor.stop_all(api, revision, self._drain_count, DEFAULT_GRACE_SECONDS)
+            (self.home.secrets / f"{api}.json").unlink(missing_ok=True)
+            return True
+
+    def status(self, api: str) -> ApiStatus:
+        rec = self._record(api)
+        versions = []
+        for revision, v in sorted(rec.versions.items()):
+            ready, starting, failed, restarts, message = self.supervisor.counts(api, revision)
+            versions.append(
+                VersionStatus(
+                    revision=revision, package_id=v.spec.package_id, spec_hash=v.spec.spec_hash,
+                    pod_hash=v.spec.pod_hash, desired=v.replicas, ready=ready, starting=starting,
+                    failed=failed, weight=rec.weights.get(revision, 0), created=v.created, restarts=restarts,
+                    message=message,
+                )
+            )  # fmt: skip
+        return ApiStatus(
+            name=api, endpoint=rec.endpoint, state=summarize(versions), versions=versions,
+            last_update=rec.last_update, mirror=rec.mirror,
+        )  # fmt: skip
+
+    def history(self, api: str) -> list[Revision]:
+        return self._record(api).history
+
+    def logs(self, api: str, tail: int) -> str:
+        self._record(api)
+        files = sorted((self.home.logs / api).glob("*.log"), key=lambda p: p.stat().st_mtime)
+        return "\n".join(f"==> {p.stem} <==\n{log_tail(p, tail)}" for p in files[-8:])
+
+
+async def serve(home: LocalHome, gateway_port: int) -> None:
+    """Run the agent until SIGTERM/SIGINT or a shutdown request."""
+    from cortex_flows.backends.local.control import control_app
+
+    home.ensure()
+    token = home.token(create=True)
+    assert token is not None
+    table = RoutingTable()
+    gateway = Gateway(table, host="127.0.0.1", port=gateway_port)
+    await gateway.start()
+    agent = Agent(home, gateway, table)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(control_app(agent, token, stop), log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    control = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    await agent.restore()
+    home.write_info(AgentInfo(os.getpid(), sock.getsockname()[1], gateway.port))
+    log.info("agent up: gateway http://127.0.0.1:%d, control port %d", gateway.port, sock.getsockname()[1])
+    await stop.wait()
+    log.info("agent stopping")
+    home.info_file.unlink(missing_ok=True)
+    await agent.supervisor.shutdown(grace=DEFAULT_GRACE_SECONDS)
+    await gateway.stop(grace=5.0)
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await control
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="cortex-flows-agent")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--port", type=int, required=True, help="gateway port")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from uvloop import new_event_loop
+    except ImportError:
+        new_event_loop = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(serve(LocalHome(Path(args.home)), args.port))
+
+
+if __name__ == "__main__":
+    main()

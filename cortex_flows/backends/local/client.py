@@ -1,0 +1,176 @@
+"""`LocalBackend`: the Backend protocol spoken to a local agent, and starting/stopping that agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from cortex_flows.backends.base import (
+    ApiStatus,
+    BackendError,
+    NotFound,
+    Outcome,
+    Revision,
+    VersionSpec,
+)
+from cortex_flows.backends.local.home import AgentInfo, LocalHome, default_gateway_port
+from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS
+
+AGENT_START_TIMEOUT = 30.0
+# Removing a version drains its replicas, bounded by their grace period, so allow for that.
+MUTATION_TIMEOUT = DEFAULT_GRACE_SECONDS * 2 + 30
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_agent(home: LocalHome) -> AgentInfo | None:
+    """The agent serving this home, if one is up and answering."""
+    info = home.read_info()
+    token = home.token()
+    if info is None or token is None or not _pid_alive(info.pid):
+        return None
+    try:
+        resp = httpx.get(f"{info.control_url}/v1/info", headers=_auth(token), timeout=2.0)
+    except httpx.HTTPError:
+        return None
+    return info if resp.status_code == 200 else None
+
+
+def start_agent(home: LocalHome, gateway_port: int | None = None) -> AgentInfo:
+    """Start an agent for `home` unless one runs; returns once its control API and gateway answer."""
+    info = running_agent(home)
+    if info is not None:
+        return info
+    home.ensure()
+    home.info_file.unlink(missing_ok=True)
+    port = gateway_port or default_gateway_port()
+    with open(home.agent_log, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cortex_flows.backends.local.agent", "--home", str(home.root), "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + AGENT_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = home.agent_log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise BackendError(f"local agent failed to start: {' '.join(tail) or 'exit ' + str(proc.returncode)}")
+        info = running_agent(home)
+        if info is not None:
+            return info
+        time.sleep(0.05)
+    proc.kill()
+    raise BackendError(f"local agent did not answer within {AGENT_START_TIMEOUT:.0f}s (log: {home.agent_log})")
+
+
+def stop_agent(home: LocalHome, timeout: float = DEFAULT_GRACE_SECONDS + 10) -> bool:
+    """Stop the agent gracefully (replicas drain); False if none was running."""
+    info = home.read_info()
+    if info is None or not _pid_alive(info.pid):
+        return False
+    os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(info.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _pid_alive(info.pid):
+        os.kill(info.pid, signal.SIGKILL)
+    return True
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+class LocalBackend:
+    """Drives the agent of one home over its loopback control API; starts the agent when needed."""
+
+    kind = "local"
+
+    def __init__(self, home: LocalHome | None = None, gateway_port: int | None = None, autostart: bool = True):
+        self.home = home or LocalHome.default()
+        self.gateway_port = gateway_port
+        self.autostart = autostart
+        self._info: AgentInfo | None = None
+
+    def _agent(self) -> tuple[AgentInfo, str]:
+        if self._info is None:
+            self._info = start_agent(self.home, self.gateway_port) if self.autostart else running_agent(self.home)
+        token = self.home.token()
+        if self._info is None or token is None:
+            raise BackendError(f"no local agent is running for {self.home.root} (run `cortex-flows cluster up`)")
+        return self._info, token
+
+    def endpoint_url(self, endpoint: str) -> str:
+        info, _ = self._agent()
+        return f"{info.gateway_url}{endpoint}"
+
+    async def _call(self, method: str, path: str, *, json: Any = None, params: Any = None) -> httpx.Response:
+        info, token = self._agent()
+        timeout = MUTATION_TIMEOUT if method != "GET" else 10.0
+        try:
+            async with httpx.AsyncClient(base_url=info.control_url, headers=_auth(token), timeout=timeout) as c:
+                resp = await c.request(method, path, json=json, params=params)
+        except httpx.TimeoutException as exc:
+            raise BackendError(f"local agent timed out on {method} {path}", transient=True) from exc
+        except httpx.TransportError as exc:
+            self._info = None  # the agent may have restarted on another control port
+            raise BackendError(f"local agent unreachable on {method} {path}: {exc}", transient=True) from exc
+        if resp.status_code == 404:
+            raise NotFound(resp.json().get("error", path))
+        if resp.status_code >= 400:
+            body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+            transient = resp.status_code in (409, 429) or resp.status_code >= 500 or body.get("transient", False)
+            raise BackendError(body.get("error", resp.text), transient=transient, status=resp.status_code)
+        return resp
+
+    async def apply_version(
+        self, api: str, version: VersionSpec, replicas: int, secret_env: dict[str, str] | None = None
+    ) -> None:
+        body = {"version": version.model_dump(mode="json"), "replicas": replicas, "secret_env": secret_env}
+        await self._call("PUT", f"/v1/apis/{api}/versions/{version.revision}", json=body)
+
+    async def set_traffic(self, api: str, weights: dict[int, int], mirror: int | None = None) -> None:
+        await self._call("PUT", f"/v1/apis/{api}/traffic", json={"weights": weights, "mirror": mirror})
+
+    async def scale_version(self, api: str, revision: int, replicas: int) -> None:
+        await self._call("PUT", f"/v1/apis/{api}/versions/{revision}/replicas", json={"replicas": replicas})
+
+    async def remove_version(self, api: str, revision: int, outcome: Outcome) -> None:
+        await self._call("DELETE", f"/v1/apis/{api}/versions/{revision}", params={"outcome": outcome.value})
+
+    async def record_outcome(self, api: str, revision: int, outcome: Outcome) -> None:
+        await self._call("PUT", f"/v1/apis/{api}/versions/{revision}/outcome", json={"outcome": outcome.value})
+
+    async def status(self, api: str) -> ApiStatus | None:
+        try:
+            resp = await self._call("GET", f"/v1/apis/{api}")
+        except NotFound:
+            return None
+        return ApiStatus.model_validate(resp.json())
+
+    async def list_apis(self) -> list[ApiStatus]:
+        resp = await self._call("GET", "/v1/apis")
+        return [ApiStatus.model_validate(item) for item in resp.json()]
+
+    async def history(self, api: str) -> list[Revision]:
+        resp = await self._call("GET", f"/v1/apis/{api}/history")
+        return [Revision.model_validate(item) for item in resp.json()]
+
+    async def logs(self, api: str, tail: int = 200) -> str:
+        return (await self._call("GET", f"/v1/apis/{api}/logs", params={"tail": tail})).text
+
+    async def delete_api(self, api: str) -> bool:
+        return bool((await self._call("DELETE", f"/v1/apis/{api}")).json()["deleted"])

@@ -1,0 +1,30 @@
+"""Turn an API's spec and its stored package into the VersionSpec a backend runs."""
+
+from __future__ import annotations
+
+from cortex_flows.backends.base import VersionSpec
+from cortex_flows.serving.config import HandlerRef, PackageRef, ReplicaConfig, S3Access
+from cortex_flows.spec import RealtimeAPI, pod_hash, spec_hash
+
+
+def version_spec(api: RealtimeAPI, package: PackageRef, revision: int, s3: S3Access | None = None) -> VersionSpec:
+    replica = ReplicaConfig(
+        api_name=api.name,
+        revision=revision,
+        handler=HandlerRef(type=api.handler.type, path=api.handler.path, class_name=api.handler.class_name),
+        package=package,
+        s3=s3,
+        model_path=api.model_path,
+        config=api.config,
+        max_concurrency=api.pod.max_concurrency,
+        max_queue_length=api.pod.max_queue_length,
+    )
+    return VersionSpec(
+        revision=revision,
+        endpoint=api.endpoint,
+        package_id=package.sha256,
+        spec_hash=spec_hash(api, package.sha256),
+        pod_hash=pod_hash(api, package.sha256),
+        replica=replica,
+        spec=api.model_dump(mode="json"),
+    )

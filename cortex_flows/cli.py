@@ -1,0 +1,214 @@
+"""`cortex-flows`: deploy, inspect and delete model APIs.
+
+Verbs that change APIs run Prefect flows (so every change is in the run history); read-only verbs talk
+to the backend directly and never import Prefect, so they answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cortex_flows.backends.base import ApiStatus, BackendError
+from cortex_flows.backends.local.client import LocalBackend, running_agent, start_agent, stop_agent
+from cortex_flows.backends.local.home import LocalHome
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _since(when: datetime) -> str:
+    seconds = int((datetime.now(UTC) - when).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _backend(autostart: bool = False) -> LocalBackend:
+    return LocalBackend(LocalHome.default(), autostart=autostart)
+
+
+def _status_json(status: ApiStatus, backend: LocalBackend) -> dict[str, Any]:
+    data = status.model_dump(mode="json")
+    data.update(requested=status.requested, ready=status.ready, up_to_date=status.up_to_date)
+    data["url"] = backend.endpoint_url(status.endpoint)
+    return data
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from cortex_flows.spec import SpecError, load_spec
+
+    try:
+        project = load_spec(args.path)
+    except SpecError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        return EXIT_USAGE
+    err.print(f"deploying {', '.join(a.name for a in project.apis)} from {project.file} ...")
+    from cortex_flows.flows.deploy import deploy
+
+    payload = json.loads(args.smoke_payload) if args.smoke_payload else None
+    try:
+        endpoints = deploy(path=str(project.file), cluster=args.cluster, timeout=args.timeout,
+                           smoke_payload=payload)  # fmt: skip
+    except Exception as exc:
+        err.print(f"[red]deploy failed:[/red] {exc}", highlight=False)
+        return EXIT_FAILED
+    for name, url in endpoints.items():
+        out.print(f"{name}: {url}", highlight=False)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    backend = _backend()
+    if running_agent(backend.home) is None:
+        if args.output == "json":
+            print("null" if args.name else "[]")
+            return EXIT_FAILED if args.name else 0
+        err.print(f"no APIs: no local agent is running for {backend.home.root} (`cortex-flows cluster up`)")
+        return EXIT_FAILED if args.name else 0
+    if args.name:
+        status = asyncio.run(backend.status(args.name))
+        if status is None:
+            err.print(f"API {args.name!r} is not deployed")
+            return EXIT_FAILED
+        statuses = [status]
+    else:
+        statuses = asyncio.run(backend.list_apis())
+    if args.output == "json":
+        items = [_status_json(s, backend) for s in statuses]
+        print(json.dumps(items[0] if args.name else items, indent=2))
+        return 0
+    table = Table(box=None, header_style="bold")
+    for col in ("api", "status", "live", "up-to-date", "last update", "endpoint"):
+        table.add_column(col)
+    for s in statuses:
+        table.add_row(s.name, s.state.value, f"{s.ready}/{s.requested}", str(s.up_to_date), _since(s.last_update),
+                      backend.endpoint_url(s.endpoint))  # fmt: skip
+    out.print(table)
+    if args.name:
+        _print_versions(statuses[0], asyncio.run(backend.history(args.name)))
+    return 0
+
+
+def _print_versions(status: ApiStatus, history: list[Any]) -> None:
+    versions = Table(title="versions", box=None, header_style="bold", title_justify="left")
+    for col in ("revision", "weight", "ready", "desired", "starting", "failed", "package", "message"):
+        versions.add_column(col)
+    for v in status.versions:
+        versions.add_row(str(v.revision), f"{v.weight}%", str(v.ready), str(v.desired), str(v.starting),
+                         str(v.failed), v.package_id[:12], v.message)  # fmt: skip
+    out.print(versions)
+    past = Table(title="history", box=None, header_style="bold", title_justify="left")
+    for col in ("revision", "outcome", "package", "spec", "deployed"):
+        past.add_column(col)
+    for r in history:
+        past.add_row(str(r.revision), r.outcome.value, r.package_id[:12], r.spec_hash[:12], f"{_since(r.created)} ago")
+    out.print(past)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    try:
+        print(asyncio.run(_backend().logs(args.name, args.tail)))
+    except BackendError as exc:
+        err.print(str(exc), highlight=False)
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from cortex_flows.flows.delete import delete
+
+    try:
+        deleted = delete(name=args.name, cluster=args.cluster)
+    except Exception as exc:
+        err.print(f"[red]delete failed:[/red] {exc}", highlight=False)
+        return EXIT_FAILED
+    if not deleted:
+        err.print(f"API {args.name!r} is not deployed")
+        return EXIT_FAILED
+    out.print(f"deleted {args.name}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    home = LocalHome.default()
+    if args.action == "up":
+        info = start_agent(home, args.port)
+        out.print(f"local agent running (pid {info.pid}); gateway {info.gateway_url}; home {home.root}")
+        return 0
+    if args.action == "down":
+        stopped = stop_agent(home)
+        out.print("local agent stopped" if stopped else "no local agent was running")
+        return 0
+    info = running_agent(home)
+    data = {"backend": "local", "home": str(home.root), "running": info is not None}
+    if info is not None:
+        data.update(pid=info.pid, gateway=info.gateway_url, apis=len(asyncio.run(_backend().list_apis())))
+    if args.output == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            out.print(f"{key}: {value}", highlight=False)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cortex-flows", description="Deploy ML models as HTTP APIs with Prefect.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("deploy", help="create or update the APIs of a project (runs the deploy flow)")
+    d.add_argument("path", nargs="?", default=".", help="project directory or cortex.yaml (default: .)")
+    d.add_argument("--cluster", help="name of a CortexCluster block (default: the local agent)")
+    d.add_argument("--timeout", type=float, default=600.0, help="seconds a new version may take to get ready")
+    d.add_argument("--smoke-payload", help="JSON body the smoke test POSTs to each API")
+    d.set_defaults(fn=cmd_deploy)
+
+    g = sub.add_parser("get", help="status of all APIs, or one API with its versions and history")
+    g.add_argument("name", nargs="?")
+    g.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    g.set_defaults(fn=cmd_get)
+
+    lg = sub.add_parser("logs", help="the last lines of an API's replica logs")
+    lg.add_argument("name")
+    lg.add_argument("--tail", type=int, default=100)
+    lg.set_defaults(fn=cmd_logs)
+
+    rm = sub.add_parser("delete", help="delete an API (runs the delete flow)")
+    rm.add_argument("name")
+    rm.add_argument("--cluster", help="name of a CortexCluster block (default: the local agent)")
+    rm.set_defaults(fn=cmd_delete)
+
+    c = sub.add_parser("cluster", help="start, stop or inspect the local agent")
+    c.add_argument("action", choices=("up", "down", "info"))
+    c.add_argument("--port", type=int, help="gateway port (default: $CORTEX_FLOWS_GATEWAY_PORT or 8888)")
+    c.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    c.set_defaults(fn=cmd_cluster)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except BackendError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        return EXIT_FAILED
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,77 @@
+"""`python -m cortex_flows.serving --config replica.json --host H --port N [--parent-pid PID]`.
+
+One process per replica. Logs go to stderr (the supervisor redirects them to the replica's log file);
+exit codes are listed in `cortex_flows.serving.server`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvloop
+from pydantic import ValidationError
+
+from cortex_flows.serving.config import ReplicaConfig
+from cortex_flows.serving.server import (
+    EXIT_BAD_CONFIG,
+    EXIT_BIND_FAILED,
+    Replica,
+    ServeOptions,
+    bind_socket,
+    one_line,
+)
+
+log = logging.getLogger("cortex_flows.serving")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cortex_flows.serving", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, type=Path, help="replica config JSON (ReplicaConfig)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (logged at start)")
+    parser.add_argument("--parent-pid", type=int, help="shut down gracefully when this process exits")
+    parser.add_argument(
+        "--drain-delay", type=float, default=0.0,
+        help="seconds to keep serving after SIGTERM with /readyz 503, so load balancers notice",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on shutdown"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one replica; never returns. Exits with `os._exit` so a handler thread stuck past the grace
+    period (threads cannot be cancelled) cannot keep a stopped replica alive."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = ReplicaConfig.model_validate_json(args.config.read_bytes())
+    except (OSError, ValidationError) as exc:
+        _exit(EXIT_BAD_CONFIG, f"bad replica config {args.config}: {exc}")
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        _exit(EXIT_BIND_FAILED, f"cannot bind {args.host}:{args.port}: {exc}")
+    options = ServeOptions(parent_pid=args.parent_pid, drain_delay=args.drain_delay, grace=args.grace)
+    code = uvloop.run(Replica(config, options).run(sock))
+    _exit(code)
+
+
+def _exit(code: int, reason: str | None = None) -> None:
+    if reason is not None:
+        log.critical(one_line(reason))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""Pydantic models of `cortex.yaml`, with Cortex's field names, defaults and validations (reference §1.2).
+
+Models are frozen, strict (a quoted "5" is not an integer) and forbid unknown fields. Defaults that depend
+on other fields (init_replicas, target_in_flight, endpoint) are filled in during validation, so a validated
+model, and the dump the identity hashes are built from, never holds a "use the default" placeholder.
+Filesystem checks run only when validation gets a project directory (see `validation_context`).
+"""
+
+from __future__ import annotations
+
+import keyword
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from cortex_flows.spec.quantities import (
+    check_cpu,
+    check_duration,
+    check_int_or_percent,
+    check_memory,
+    cpu_millicores,
+    duration_seconds,
+    is_zero,
+    memory_bytes,
+    percent_or_int,
+)
+
+MAX_API_NAME_LENGTH = 42
+MAX_POD_REQUESTS = 30000  # Cortex's cap on max_concurrency and max_queue_length
+AUTOSCALING_TICK_SECONDS = 10
+ISSUES_ERROR = "spec_issues"  # pydantic error type carrying cross-field problems, each with its own field
+
+_API_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_ENDPOINT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+_S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+")
+
+Duration = Annotated[str, BeforeValidator(check_duration)]
+CpuQuantity = Annotated[str, BeforeValidator(check_cpu)]
+MemoryQuantity = Annotated[str, BeforeValidator(check_memory)]
+IntOrPercent = Annotated[int | str, BeforeValidator(check_int_or_percent)]
+
+
+def validation_context(project_dir: Path) -> dict[str, Path]:
+    """Context for `model_validate` that turns on the checks that referenced files exist in the project."""
+    return {"project_dir": project_dir}
+
+
+def _reject(issues: list[tuple[str, str]]) -> None:
+    """Raise cross-field problems together, each tagged with its field path relative to the model."""
+    if issues:
+        summary = "; ".join(f"{field}: {message}" for field, message in issues)
+        raise PydanticCustomError(ISSUES_ERROR, "{summary}", {"issues": issues, "summary": summary})
+
+
+def _fill(model: BaseModel, **values: Any) -> None:
+    """Set derived defaults on a frozen model; only its own validators call this, before anyone sees it."""
+    for name, value in values.items():
+        object.__setattr__(model, name, value)
+
+
+def _check_project_path(value: str, info: ValidationInfo, want_file: bool) -> None:
+    """A path must be relative and stay inside the project (also through symlinks) and, if known, exist."""
+    if not value:
+        raise ValueError("must not be empty")
+    if PurePosixPath(value).is_absolute():
+        raise ValueError(f"must be a path relative to the project directory, got {value!r}")
+    normal = posixpath.normpath(value)
+    if normal == ".." or normal.startswith("../"):
+        raise ValueError(f"must stay inside the project directory, got {value!r}")
+    project_dir: Path | None = (info.context or {}).get("project_dir")
+    if project_dir is None:
+        return
+    root = project_dir.resolve()
+    target = (root / value).resolve()
+    if not target.is_relative_to(root):
+        raise ValueError(f"must stay inside the project directory, got {value!r} (a link to {target})")
+    if not (target.is_file() if want_file else target.exists()):
+        raise ValueError(f"{'file' if want_file else 'path'} {value!r} not found in the project directory {root}")
+
+
+def _check_name(name: str) -> str:
+    if len(name) > MAX_API_NAME_LENGTH or not _API_NAME.fullmatch(name):
+        raise ValueError(
+            "must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, ending with"
+            f" a letter or digit, at most {MAX_API_NAME_LENGTH} characters), got {name!r}"
+        )
+    return name
+
+
+def _check_endpoint(value: str) -> str:
+    if not value.startswith("/"):
+        reason = "must start with '/'"
+    elif "?" in value or "#" in value:
+        reason = "must be a plain path, without a query ('?') or fragment ('#')"
+    elif value.endswith("/"):
+        reason = "must not end with '/' (and cannot be '/' alone, which would capture every API's path)"
+    elif "//" in value:
+        reason = "must not contain empty segments ('//')"
+    elif any(segment in (".", "..") for segment in value.split("/")):
+        reason = "must not contain '.' or '..' segments"
+    elif not _ENDPOINT.fullmatch(value):
+        reason = "may only contain letters, digits, '-', '.', '_' and '~' between '/' separators"
+    else:
+        return value
+    raise ValueError(f"{reason}, got {value!r}")
+
+
+ApiName = Annotated[str, AfterValidator(_check_name)]
+Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: unknown fields, loose types and NaN/inf are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class HandlerSpec(SpecModel):
+    """Which code answers requests: the user's handler class in a file, or a built-in handler."""
+
+    type: Literal["python", "sklearn"]
+    path: str | None = None  # python: the .py file, relative to the project
+    class_name: str = "Handler"  # python only
+
+    @field_validator("path")
+    @classmethod
+    def _path_in_project(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            _check_project_path(value, info, want_file=True)
+            if not value.endswith(".py"):
+                raise ValueError(f"must be a Python file ending in '.py', got {value!r}")
+        return value
+
+    @field_validator("class_name")
+    @classmethod
+    def _class_name_is_identifier(cls, value: str) -> str:
+        if not value.isidentifier() or keyword.iskeyword(value):
+            raise ValueError(f"must be a Python class name, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_match_type(self) -> HandlerSpec:
+        issues = []
+        if self.type == "python" and self.path is None:
+            issues.append(("path", "is required for handler type 'python' (the .py file defining the class)"))
+        if self.type == "sklearn":
+            issues += [
+                (field, "not allowed for handler type 'sklearn' (the built-in handler serves model_path)")
+                for field in ("path", "class_name")
+                if field in self.model_fields_set
+            ]
+        _reject(issues)
+        return self
+
+
+class Compute(SpecModel):
+    """Resources each replica requests; the user's text is kept, the parsed numbers are properties."""
+
+    cpu: CpuQuantity = "200m"
+    gpu: int = Field(0, ge=0)
+    mem: MemoryQuantity | None = None
+
+    @property
+    def cpu_millicores(self) -> int:
+        return cpu_millicores(self.cpu)
+
+    @property
+    def mem_bytes(self) -> int | None:
+        return None if self.mem is None else memory_bytes(self.mem)
+
+
+class Pod(SpecModel):
+    """Per-replica admission control: requests run concurrently, then queue, then get HTTP 503."""
+
+    max_concurrency: int = Field(1, gt=0, le=MAX_POD_REQUESTS)
+    max_queue_length: int = Field(100, gt=0, le=MAX_POD_REQUESTS)
+
+
+class Autoscaling(SpecModel):
+    """Cortex's request-based autoscaler settings; after validation init_replicas is always set."""
+
+    min_replicas: int = Field(1, ge=0)  # 0 = scale to zero
+    max_replicas: int = Field(100, gt=0)
+    init_replicas: int | None = None  # default: min_replicas
+    target_in_flight: float | None = Field(None, gt=0)  # default: pod.max_concurrency (set by the API)
+    window: Duration = "1m"
+    downscale_stabilization_period: Duration = "5m"
+    upscale_stabilization_period: Duration = "1m"
+    max_downscale_factor: float = Field(0.75, ge=0, lt=1)
+    max_upscale_factor: float = Field(1.5, gt=1)
+    downscale_tolerance: float = Field(0.05, ge=0, lt=1)
+    upscale_tolerance: float = Field(0.05, ge=0)
+
+    @field_validator("window")
+    @classmethod
+    def _window_is_whole_ticks(cls, value: str) -> str:
+        seconds = duration_seconds(value)
+        if seconds < AUTOSCALING_TICK_SECONDS or seconds % AUTOSCALING_TICK_SECONDS:
+            raise ValueError(
+                f"must be at least {AUTOSCALING_TICK_SECONDS}s and a multiple of {AUTOSCALING_TICK_SECONDS}s"
+                f" (the autoscaler's tick), got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> Autoscaling:
+        low, high = self.min_replicas, self.max_replicas
+        if low > high:
+            _reject([("min_replicas", f"must be <= max_replicas ({high}), got {low}")])
+        init = low if self.init_replicas is None else self.init_replicas
+        if not low <= init <= high:
+            _reject([("init_replicas", f"must be between min_replicas ({low}) and max_replicas ({high}), got {init}")])
+        _fill(self, init_replicas=init)
+        return self
+
+    @property
+    def window_seconds(self) -> float:
+        return duration_seconds(self.window)
+
+    @property
+    def downscale_stabilization_seconds(self) -> float:
+        return duration_seconds(self.downscale_stabilization_period)
+
+    @property
+    def upscale_stabilization_seconds(self) -> float:
+        return duration_seconds(self.upscale_stabilization_period)
+
+
+class UpdateStrategy(SpecModel):
+    """How a rolling update trades extra replicas (surge) against missing ones (unavailable)."""
+
+    max_surge: IntOrPercent = "25%"
+    max_unavailable: IntOrPercent = "25%"
+
+    @model_validator(mode="after")
+    def _can_make_progress(self) -> UpdateStrategy:
+        if is_zero(self.max_surge) and is_zero(self.max_unavailable):
+            _reject([("", "max_surge and max_unavailable cannot both be 0: the update could never proceed")])
+        return self
+
+    def resolve(self, replicas: int) -> tuple[int, int]:
+        """(surge, unavailable) replicas for a version of `replicas`, rounded as Kubernetes rounds them.
+
+        Like Kubernetes, if both round to zero one replica may be unavailable, so the update still moves.
+        """
+        surge = percent_or_int(self.max_surge, replicas, round_up=True)
+        unavailable = percent_or_int(self.max_unavailable, replicas, round_up=False)
+        return surge, 1 if surge == unavailable == 0 else unavailable
+
+
+class Networking(SpecModel):
+    """Where the gateway serves the API; after validation endpoint is always set."""
+
+    endpoint: Endpoint | None = None  # default: "/<name>" (set by the API)
+
+
+class RealtimeAPI(SpecModel):
+    """A synchronous HTTP API served by autoscaled replicas (Cortex's RealtimeAPI, handler era)."""
+
+    name: ApiName
+    kind: Literal["RealtimeAPI"]
+    handler: HandlerSpec
+    model_path: str | None = None  # relative to the project, or s3://bucket/key
+    config: dict[str, Any] = Field(default_factory=dict)  # passed to the handler's constructor
+    compute: Compute = Field(default_factory=Compute)
+    pod: Pod = Field(default_factory=Pod)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    update_strategy: UpdateStrategy = Field(default_factory=UpdateStrategy)
+    networking: Networking = Field(default_factory=Networking)
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_path_is_reachable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("s3://"):
+            if not _S3_URI.fullmatch(value):
+                raise ValueError(f"must be s3://<bucket>/<key> with a valid bucket name, got {value!r}")
+        elif "://" in value:
+            raise ValueError(f"must be a path relative to the project or s3://<bucket>/<key>, got {value!r}")
+        else:
+            _check_project_path(value, info, want_file=False)
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_and_cross_check(self) -> RealtimeAPI:
+        issues = []
+        if self.handler.type == "sklearn" and self.model_path is None:
+            issues.append(("model_path", "is required for handler type 'sklearn' (the model it serves)"))
+        limit = self.pod.max_concurrency + self.pod.max_queue_length
+        if self.target_in_flight > limit:
+            issues.append(
+                (
+                    "autoscaling.target_in_flight",
+                    f"must be <= pod.max_concurrency + pod.max_queue_length ({limit}),"
+                    f" got {self.target_in_flight:g}",
+                )
+            )
+        _reject(issues)
+        _fill(
+            self,
+            autoscaling=self.autoscaling.model_copy(update={"target_in_flight": self.target_in_flight}),
+            networking=self.networking.model_copy(update={"endpoint": self.endpoint}),
+        )
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """The gateway path: `networking.endpoint`, by default `/<name>`."""
+        return self.networking.endpoint or f"/{self.name}"
+
+    @property
+    def init_replicas(self) -> int:
+        """Replicas to start with: `autoscaling.init_replicas`, by default `min_replicas`."""
+        init = self.autoscaling.init_replicas
+        return self.autoscaling.min_replicas if init is None else init
+
+    @property
+    def target_in_flight(self) -> float:
+        """In-flight requests per replica the autoscaler aims for; by default `pod.max_concurrency`."""
+        target = self.autoscaling.target_in_flight
+        return float(self.pod.max_concurrency) if target is None else target
+
+
+ApiSpec: TypeAlias = RealtimeAPI  # becomes `RealtimeAPI | TrafficSplitter` when that kind arrives
+API_KINDS: dict[str, type[ApiSpec]] = {"RealtimeAPI": RealtimeAPI}  # the union's discriminator: `kind`
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    """A validated `cortex.yaml`: absolute paths, so it stays valid whatever the working directory."""
+
+    file: Path
+    project_dir: Path
+    apis: list[ApiSpec]

@@ -1,0 +1,82 @@
+"""moto in server mode: one real HTTP endpoint on loopback per session, wiped before each test that asks.
+
+Shared by every integration test that talks to AWS; see reference/testing.md §3.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import urllib.request
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from botocore.client import BaseClient
+from botocore.config import Config
+
+MOTO_REGION = "us-east-1"
+MOTO_KEY = "testing"  # moto accepts any credentials; these are not secrets
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """URL of a ThreadedMotoServer on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # verbose=False does not silence requests
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def moto_reset(moto_server: str) -> str:
+    """Wipe all moto state so each test starts from an empty account; returns the server URL."""
+    request = urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+    return moto_server
+
+
+@pytest.fixture
+def aws_env(
+    moto_reset: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """Environment credentials for moto (as a replica gets them), isolated from any ~/.aws files."""
+    missing = tmp_path_factory.mktemp("aws") / "none"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", MOTO_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", MOTO_KEY)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", MOTO_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", MOTO_REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(missing))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_reset
+
+
+@pytest.fixture
+def moto_s3(moto_reset: str) -> BaseClient:
+    """An S3 client on the moto server with explicit test credentials and no retries (fast failures)."""
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=moto_reset,
+        region_name=MOTO_REGION,
+        aws_access_key_id=MOTO_KEY,
+        aws_secret_access_key=MOTO_KEY,
+        config=Config(retries={"mode": "standard", "max_attempts": 1}),
+    )
+
+
+@pytest.fixture
+def s3_bucket(moto_s3: BaseClient) -> str:
+    """An empty bucket in a freshly reset moto."""
+    name = "cortex-flows-test"
+    moto_s3.create_bucket(Bucket=name)
+    return name
