@@ -52,7 +52,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     try:
         project = load_spec(args.path)
     except SpecError as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         return EXIT_USAGE
     err.print(f"deploying {', '.join(a.name for a in project.apis)} from {project.file} ...")
     from cortex_flows.flows.deploy import deploy
@@ -163,6 +163,21 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blocks(args: argparse.Namespace) -> int:
+    import yaml
+
+    from cortex_flows.blocks import CortexCluster
+
+    for path in args.files:
+        doc = yaml.safe_load(open(path))
+        if not isinstance(doc, dict) or doc.get("block_type") != "cortex-cluster" or "name" not in doc:
+            err.print(f"{path}: expected a mapping with block_type: cortex-cluster, name and data")
+            return EXIT_USAGE
+        CortexCluster(**(doc.get("data") or {})).save(doc["name"], overwrite=True)
+        out.print(f"saved block cortex-cluster/{doc['name']}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cortex-flows", description="Deploy ML models as HTTP APIs with Prefect.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -194,6 +209,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--port", type=int, help="gateway port (default: $CORTEX_FLOWS_GATEWAY_PORT or 8888)")
     c.add_argument("-o", "--output", choices=("table", "json"), default="table")
     c.set_defaults(fn=cmd_cluster)
+
+    b = sub.add_parser("blocks", help="save CortexCluster block documents (blocks/*.yaml) to Prefect")
+    b.add_argument("action", choices=("save",))
+    b.add_argument("files", nargs="+")
+    b.set_defaults(fn=cmd_blocks)
     return p
 
 

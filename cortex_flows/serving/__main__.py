@@ -29,7 +29,9 @@ log = logging.getLogger("cortex_flows.serving")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m cortex_flows.serving", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cortex_flows.serving", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--config", required=True, type=Path, help="replica config JSON (ReplicaConfig)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port (logged at start)")

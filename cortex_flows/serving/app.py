@@ -114,7 +114,11 @@ class ReplicaApp:
         if invoker is None:
             await self._reject(send, 503, "the model is still loading", request_id, RETRY_AFTER)
             return
-        if content_length is not None and content_length.isdigit() and int(content_length) > self._max_body_bytes:
+        if (
+            content_length is not None
+            and content_length.isdigit()
+            and int(content_length) > self._max_body_bytes
+        ):
             await self._reject(send, 413, self._too_large_message(), request_id, (b"connection", b"close"))
             return
         try:
@@ -167,7 +171,9 @@ class ReplicaApp:
         try:
             response_type, response_body = encode_result(result)
         except (TypeError, ValueError) as exc:
-            log.error("request %s -> 500: cannot encode the handler's result: %s", request_id.decode("latin-1"), exc)
+            log.error(
+                "request %s -> 500: cannot encode the handler's result: %s", request_id.decode("latin-1"), exc
+            )
             await self._error(send, 500, "the handler returned a value that cannot be encoded", request_id)
             return 500
         self._metrics.observe_result(result)

@@ -8,6 +8,7 @@ signatures once at load time, so user classes declare only what they use and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -100,7 +101,9 @@ def load_handler(config: ReplicaConfig, project_dir: Path, cache_dir: Path, exec
     if not config.handler.path:
         raise HandlerLoadError("handler type python needs handler.path")
     cls = import_handler_class(project_dir, config.handler.path, config.handler.class_name)
-    model_dir = project_dir if model_path is None else model_path if model_path.is_dir() else model_path.parent
+    model_dir = (
+        project_dir if model_path is None else model_path if model_path.is_dir() else model_path.parent
+    )
     offered = {
         "config": config.config,
         "model_path": None if model_path is None else str(model_path),
@@ -193,7 +196,9 @@ class SklearnHandler:
     def __init__(self, model_path: Path) -> None:
         self.model = load_model(model_path)
         if not callable(getattr(self.model, "predict", None)):
-            raise HandlerLoadError(f"{model_path.name} holds a {type(self.model).__name__}, which has no predict")
+            raise HandlerLoadError(
+                f"{model_path.name} holds a {type(self.model).__name__}, which has no predict"
+            )
         self.n_features: int | None = getattr(self.model, "n_features_in_", None)
 
     def handle_post(self, payload: Any) -> dict[str, Any]:
@@ -228,13 +233,11 @@ def load_model(path: Path) -> Any:
     try:
         return joblib.load(path)
     except Exception as joblib_error:
-        try:
-            with path.open("rb") as file:
-                return pickle.load(file)
-        except Exception:
-            raise HandlerLoadError(
-                f"cannot load model {path.name}: {type(joblib_error).__name__}: {joblib_error}"
-            ) from joblib_error
+        with contextlib.suppress(Exception), path.open("rb") as file:
+            return pickle.load(file)
+        raise HandlerLoadError(
+            f"cannot load model {path.name}: {type(joblib_error).__name__}: {joblib_error}"
+        ) from joblib_error
 
 
 def json_safe(value: Any) -> Any:

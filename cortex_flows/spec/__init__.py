@@ -1,0 +1,43 @@
+"""The `cortex.yaml` spec: pydantic models, loading with clear errors, and spec identity hashes.
+
+Pure: no Prefect, and no I/O beyond reading the spec file and checking that the files it names exist.
+"""
+
+from cortex_flows.spec.errors import SPEC_ERROR_EXIT, Problem, SpecError
+from cortex_flows.spec.identity import pod_hash, spec_hash
+from cortex_flows.spec.load import SPEC_FILE_NAME, load_spec, parse_spec
+from cortex_flows.spec.models import (
+    API_KINDS,
+    ApiSpec,
+    Autoscaling,
+    Compute,
+    HandlerSpec,
+    Networking,
+    Pod,
+    ProjectSpec,
+    RealtimeAPI,
+    UpdateStrategy,
+)
+from cortex_flows.spec.quantities import percent_or_int
+
+__all__ = [
+    "API_KINDS",
+    "SPEC_ERROR_EXIT",
+    "SPEC_FILE_NAME",
+    "ApiSpec",
+    "Autoscaling",
+    "Compute",
+    "HandlerSpec",
+    "Networking",
+    "Pod",
+    "Problem",
+    "ProjectSpec",
+    "RealtimeAPI",
+    "SpecError",
+    "UpdateStrategy",
+    "load_spec",
+    "parse_spec",
+    "percent_or_int",
+    "pod_hash",
+    "spec_hash",
+]

@@ -40,6 +40,7 @@ from cortex_flows.spec.quantities import (
 )
 
 MAX_API_NAME_LENGTH = 42
+DEFAULT_CLASS_NAME = "Handler"
 MAX_POD_REQUESTS = 30000  # Cortex's cap on max_concurrency and max_queue_length
 AUTOSCALING_TICK_SECONDS = 10
 ISSUES_ERROR = "spec_issues"  # pydantic error type carrying cross-field problems, each with its own field
@@ -89,11 +90,17 @@ def _check_project_path(value: str, info: ValidationInfo, want_file: bool) -> No
     if not target.is_relative_to(root):
         raise ValueError(f"must stay inside the project directory, got {value!r} (a link to {target})")
     if not (target.is_file() if want_file else target.exists()):
-        raise ValueError(f"{'file' if want_file else 'path'} {value!r} not found in the project directory {root}")
+        what = "file" if want_file else "path"
+        raise ValueError(f"{what} {value!r} not found in the project directory {root}")
+
+
+def is_api_name(value: object) -> bool:
+    """Whether `value` is a usable API name (a DNS-1035 label of at most 42 characters)."""
+    return isinstance(value, str) and len(value) <= MAX_API_NAME_LENGTH and bool(_API_NAME.fullmatch(value))
 
 
 def _check_name(name: str) -> str:
-    if len(name) > MAX_API_NAME_LENGTH or not _API_NAME.fullmatch(name):
+    if not is_api_name(name):
         raise ValueError(
             "must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, ending with"
             f" a letter or digit, at most {MAX_API_NAME_LENGTH} characters), got {name!r}"
@@ -134,7 +141,7 @@ class HandlerSpec(SpecModel):
 
     type: Literal["python", "sklearn"]
     path: str | None = None  # python: the .py file, relative to the project
-    class_name: str = "Handler"  # python only
+    class_name: str = DEFAULT_CLASS_NAME  # python only
 
     @field_validator("path")
     @classmethod
@@ -158,10 +165,11 @@ class HandlerSpec(SpecModel):
         if self.type == "python" and self.path is None:
             issues.append(("path", "is required for handler type 'python' (the .py file defining the class)"))
         if self.type == "sklearn":
+            # Compared with the defaults, not "was it written", so a model dump validates again.
             issues += [
                 (field, "not allowed for handler type 'sklearn' (the built-in handler serves model_path)")
-                for field in ("path", "class_name")
-                if field in self.model_fields_set
+                for field, default in (("path", None), ("class_name", DEFAULT_CLASS_NAME))
+                if getattr(self, field) != default
             ]
         _reject(issues)
         return self
@@ -223,7 +231,8 @@ class Autoscaling(SpecModel):
             _reject([("min_replicas", f"must be <= max_replicas ({high}), got {low}")])
         init = low if self.init_replicas is None else self.init_replicas
         if not low <= init <= high:
-            _reject([("init_replicas", f"must be between min_replicas ({low}) and max_replicas ({high}), got {init}")])
+            message = f"must be between min_replicas ({low}) and max_replicas ({high}), got {init}"
+            _reject([("init_replicas", message)])
         _fill(self, init_replicas=init)
         return self
 
@@ -303,13 +312,8 @@ class RealtimeAPI(SpecModel):
             issues.append(("model_path", "is required for handler type 'sklearn' (the model it serves)"))
         limit = self.pod.max_concurrency + self.pod.max_queue_length
         if self.target_in_flight > limit:
-            issues.append(
-                (
-                    "autoscaling.target_in_flight",
-                    f"must be <= pod.max_concurrency + pod.max_queue_length ({limit}),"
-                    f" got {self.target_in_flight:g}",
-                )
-            )
+            message = f"must be <= pod.max_concurrency + pod.max_queue_length ({limit})"
+            issues.append(("autoscaling.target_in_flight", f"{message}, got {self.target_in_flight:g}"))
         _reject(issues)
         _fill(
             self,

@@ -95,8 +95,8 @@ def check_memory(value: object) -> str:
     match = _MEM.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(
-            "expected a memory quantity: a number of bytes with an optional suffix"
-            f" Ki, Mi, Gi, Ti, Pi, Ei (powers of 1024) or k, M, G, T, P, E (powers of 1000); got {describe_value(value)}"
+            "expected a memory quantity: bytes with an optional suffix Ki, Mi, Gi, Ti, Pi, Ei"
+            f" (powers of 1024) or k, M, G, T, P, E (powers of 1000), like '512Mi'; got {describe_value(value)}"
         )
     if memory_bytes(text) < MIN_MEM_BYTES:
         raise ValueError(f"must be at least 20Mi, got {describe_value(value)}")

@@ -80,3 +80,39 @@ def s3_bucket(moto_s3: BaseClient) -> str:
     name = "cortex-flows-test"
     moto_s3.create_bucket(Bucket=name)
     return name
+
+
+# -- Prefect and the local backend --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One Prefect test server for the session (starting one costs ~10 s); yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def local_cluster(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    """A private agent home and gateway port for one test; the agent is stopped afterwards."""
+    from cortex_flows.backends.local.client import stop_agent
+    from cortex_flows.backends.local.home import LocalHome
+
+    home = tmp_path_factory.mktemp("cortex-home")
+    port = free_port()
+    monkeypatch.setenv("CORTEX_FLOWS_HOME", str(home))
+    monkeypatch.setenv("CORTEX_FLOWS_GATEWAY_PORT", str(port))
+    env = {"CORTEX_FLOWS_HOME": str(home), "CORTEX_FLOWS_GATEWAY_PORT": str(port)}
+    try:
+        yield {"home": LocalHome(home), "port": port, "gateway": f"http://127.0.0.1:{port}", "env": env}
+    finally:
+        stop_agent(LocalHome(home), timeout=20)

@@ -1,0 +1,32 @@
+# `make demo` and `make test` work on a fresh machine: each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/cortex-flows
+INSTALLED := $(VENV)/.installed
+EXAMPLE := deployments/iris-classifier
+
+.PHONY: demo test lint bench clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(INSTALLED)
+	$(PY) $(EXAMPLE)/train.py
+	$(CLI) deploy $(EXAMPLE)
+	$(PY) $(EXAMPLE)/predict.py
+	$(CLI) get
+	@echo "The API keeps serving; 'cortex-flows cluster down' (in $(VENV)/bin) stops the local agent."
+
+test: $(INSTALLED)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+bench: $(INSTALLED)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

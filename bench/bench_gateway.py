@@ -1,0 +1,151 @@
+"""Gateway overhead: the same load straight to a replica-like server, then through the gateway in front of it.
+
+The upstream is uvicorn (httptools + uvloop, no access log) serving a tiny ASGI app that answers a small
+JSON, the cheapest thing a replica can be, so the gateway's own cost shows as plainly as it can. Upstream
+and gateway run as separate processes on free loopback ports; the load generator runs in this process.
+The goal is gateway throughput >= 0.9x direct and p50 <= +0.5 ms. Not a pass/fail test: it prints a table.
+
+    .venv/bin/python bench/bench_gateway.py [-c 16] [-d 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import LoadResult, run_load, use_uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY = json.dumps({"features": [5.1, 3.5, 1.4, 0.2]}).encode()
+REPLY = json.dumps({"prediction": "setosa"}).encode()
+
+
+async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """The upstream: read the body, answer a constant small JSON."""
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(REPLY))],
+        }
+    )
+    await send({"type": "http.response.body", "body": REPLY})
+
+
+def serve_upstream(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False,
+        lifespan="off", log_level="warning",
+    )  # fmt: skip
+
+
+def serve_gateway(port: int, upstream_port: int) -> None:
+    from cortex_flows.backends.local.gateway import Gateway, RoutingTable, Upstream
+
+    async def main() -> None:
+        table = RoutingTable()
+        table.set_route("bench", "/bench", [(100, [Upstream("127.0.0.1", upstream_port)])])
+        gateway = Gateway(table, port=port)
+        await gateway.start()
+        await asyncio.Event().wait()  # until the parent terminates us
+
+    use_uvloop()
+    asyncio.run(main())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout} s")
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, __file__, *args], env=env)
+
+
+async def measure(port: int, path: str, connections: int, duration: float) -> LoadResult:
+    warm = await run_load("127.0.0.1", port, path, BODY, connections=connections, duration=1.0)
+    if warm.ok == 0:
+        raise RuntimeError(f"warm-up on port {port} got no 2xx: {warm.summary()}")
+    return await run_load("127.0.0.1", port, path, BODY, connections=connections, duration=duration)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="gateway vs direct")
+    ap.add_argument("role", nargs="?", choices=["upstream", "gateway"], help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("-c", "--connections", type=int, default=16)
+    ap.add_argument("-d", "--duration", type=float, default=5.0, help="seconds per measurement")
+    ap.add_argument("-r", "--rounds", type=int, default=2, help="direct/gateway pairs, best of each kept")
+    args = ap.parse_args()
+    if args.role == "upstream":
+        serve_upstream(args.port)
+        return
+    if args.role == "gateway":
+        serve_gateway(args.port, args.upstream)
+        return
+
+    up_port, gw_port = free_port(), free_port()
+    procs = [spawn("upstream", "--port", str(up_port))]
+    procs.append(spawn("gateway", "--port", str(gw_port), "--upstream", str(up_port)))
+    try:
+        wait_listening(up_port, procs[0])
+        wait_listening(gw_port, procs[1])
+        use_uvloop()
+        direct: list[LoadResult] = []
+        via: list[LoadResult] = []
+        for _ in range(args.rounds):  # interleaved, so drift (thermal, other load) hits both alike
+            direct.append(asyncio.run(measure(up_port, "/", args.connections, args.duration)))
+            via.append(asyncio.run(measure(gw_port, "/bench", args.connections, args.duration)))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+    report(max(direct, key=lambda r: r.throughput), max(via, key=lambda r: r.throughput), args)
+
+
+def report(d: LoadResult, g: LoadResult, args: argparse.Namespace) -> None:
+    print(f"\n{args.connections} connections, {args.duration:.0f} s per run, best of {args.rounds}, "
+          f"{os.cpu_count()} CPUs (load generator, gateway and upstream share them)")  # fmt: skip
+    print(f"{'':10} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>8}")
+    for name, r in (("direct", d), ("gateway", g)):
+        errors = sum(r.errors.values())
+        print(f"{name:10} {r.throughput:9.0f} {r.p50_ms:8.2f} {r.p90_ms:8.2f} {r.p99_ms:8.2f} {errors:8d}")
+    ratio = g.throughput / d.throughput if d.throughput else 0.0
+    delta = g.p50_ms - d.p50_ms
+    print(
+        f"\nthroughput gateway/direct: {ratio:.2f}x (goal >= 0.90)   p50 delta: {delta:+.2f} ms (goal <= +0.50)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Spec identity, after Cortex (reference §1.5): which changes restart replicas, and which only re-tune.
+
+`pod_hash` covers what a replica is built from (package, handler, model, config, resources, admission);
+`spec_hash` adds what the control plane applies without restarting replicas (autoscaling, update
+strategy, networking). Both hash canonical JSON of validated models, whose defaults are already resolved,
+so writing a default explicitly, omitting it, or reordering YAML keys never changes a hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from cortex_flows.spec.models import ApiSpec, Compute
+
+POD_FIELDS = ("handler", "model_path", "config", "compute", "pod")
+SPEC_FIELDS = ("autoscaling", "update_strategy", "networking")
+HASH_LENGTH = 32  # hex characters, as Cortex truncates its spec ids
+
+
+def pod_hash(api: ApiSpec, package_id: str) -> str:
+    """Changes exactly when running replicas must be replaced."""
+    identity = api.model_dump(mode="json", include={"name", "kind", *POD_FIELDS})
+    identity["compute"] = _compute_identity(api.compute)
+    identity["package_id"] = package_id
+    return _digest(identity)
+
+
+def spec_hash(api: ApiSpec, package_id: str) -> str:
+    """Changes whenever anything deployable changes; equal spec hashes mean nothing to do."""
+    identity = api.model_dump(mode="json", include=set(SPEC_FIELDS))
+    identity["pod_hash"] = pod_hash(api, package_id)
+    return _digest(identity)
+
+
+def _compute_identity(compute: Compute) -> dict[str, int | None]:
+    """Parsed quantities, so "0.2" and "200m" CPU are the same pod."""
+    return {"cpu_millicores": compute.cpu_millicores, "gpu": compute.gpu, "mem_bytes": compute.mem_bytes}
+
+
+def _digest(identity: dict[str, Any]) -> str:
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]

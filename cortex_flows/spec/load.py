@@ -1,0 +1,264 @@
+"""Read `cortex.yaml`, validate every API, and turn all problems into one `SpecError`.
+
+Each API is validated on its own (after dispatching on `kind`), so one bad API does not hide another's
+problems; pydantic's errors are rewritten into messages that say what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+
+from cortex_flows.spec.errors import Problem, SpecError, describe_value
+from cortex_flows.spec.models import (
+    API_KINDS,
+    ISSUES_ERROR,
+    ApiSpec,
+    ProjectSpec,
+    is_api_name,
+    validation_context,
+)
+
+SPEC_FILE_NAME = "cortex.yaml"
+
+_EXPECTED_TYPES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+_BOOL_HINT = " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)"
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+_BOUND_SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def load_spec(path: str | Path) -> ProjectSpec:
+    """Load a project's spec; `path` is the project directory (holding cortex.yaml) or the file itself."""
+    path = Path(path)
+    file = path / SPEC_FILE_NAME if path.is_dir() else path
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        message = f"file not found; expected a project directory holding {SPEC_FILE_NAME}, or the spec file"
+        raise SpecError(file, [Problem("", message)]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(file, [Problem("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+    except OSError as exc:
+        raise SpecError(file, [Problem("", f"cannot read the file: {exc.strerror}")]) from None
+    return parse_spec(text, file, file.parent)
+
+
+def parse_spec(text: str, file: Path, project_dir: Path) -> ProjectSpec:
+    """Validate spec text; `file` names it in errors, `project_dir` is where referenced files must be."""
+    items = _api_items(_load_yaml(text, file), file)
+    prefixes = _prefixes(items)
+    context = validation_context(project_dir)
+    apis: list[tuple[str, ApiSpec]] = []
+    problems = _duplicate_names(items)
+    for item, prefix in zip(items, prefixes, strict=True):
+        api, item_problems = _validate_api(item, prefix, context)
+        problems += item_problems
+        if api is not None:
+            apis.append((prefix, api))
+    problems += _duplicate_endpoints(apis)
+    if problems:
+        raise SpecError(file, problems)
+    return ProjectSpec(file=file.resolve(), project_dir=project_dir.resolve(), apis=[api for _, api in apis])
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys, which PyYAML would otherwise silently overwrite."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<" merges may be overridden on purpose
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                mark = first_seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # unhashable key: the base class reports it
+            if mark is not key_node.start_mark:
+                problem = f"duplicate key {key!r} (first defined on line {mark.line + 1})"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, file: Path) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        context = f" ({exc.context})" if exc.context and exc.problem else ""
+        problem = f"{exc.problem or exc.context}{context}"
+        position = (mark.line, mark.column) if mark else None
+    except yaml.reader.ReaderError as exc:  # a control character; it carries an offset, not a line
+        problem = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+        line_start = text.rfind("\n", 0, exc.position) + 1
+        position = (text.count("\n", 0, exc.position), exc.position - line_start)
+    where = f"line {position[0] + 1}, column {position[1] + 1}: " if position else ""
+    raise SpecError(file, [Problem("", f"{where}invalid YAML: {problem}")])
+
+
+def _api_items(data: Any, file: Path) -> list[Any]:
+    if data is None:
+        message = "the file is empty; expected a list of APIs (each item starting with '- name: ...')"
+    elif not isinstance(data, list):
+        got = describe_value(data)
+        message = f"expected a list of APIs (each item starting with '- name: ...'), got {got}"
+    elif not data:
+        message = "the list of APIs is empty; define at least one API"
+    else:
+        return data
+    raise SpecError(file, [Problem("", message)])
+
+
+def _name(item: Any) -> Any:
+    return item.get("name") if isinstance(item, dict) else None
+
+
+def _prefixes(items: list[Any]) -> list[str]:
+    """Each API's path prefix: its name when valid and unique, else its position `[i]`."""
+    counts = Counter(name for name in map(_name, items) if isinstance(name, str))
+    return [
+        name if is_api_name(name) and counts[name] == 1 else f"[{index}]"
+        for index, name in enumerate(map(_name, items))
+    ]
+
+
+def _duplicate_names(items: list[Any]) -> list[Problem]:
+    first_index: dict[str, int] = {}
+    problems = []
+    for index, name in enumerate(map(_name, items)):
+        if not isinstance(name, str):
+            continue
+        first = first_index.setdefault(name, index)
+        if first != index:
+            message = f"duplicate API name {name!r} (also used by the API at [{first}]); names must be unique"
+            problems.append(Problem(f"[{index}].name", message))
+    return problems
+
+
+def _duplicate_endpoints(apis: list[tuple[str, ApiSpec]]) -> list[Problem]:
+    first_owner: dict[str, str] = {}
+    problems = []
+    for prefix, api in apis:
+        owner = first_owner.setdefault(api.endpoint, prefix)
+        if owner != prefix:
+            message = f"duplicate endpoint {api.endpoint!r} (also used by {owner}); endpoints must be unique"
+            problems.append(Problem(f"{prefix}.networking.endpoint", message))
+    return problems
+
+
+def _validate_api(item: Any, prefix: str, context: dict[str, Path]) -> tuple[ApiSpec | None, list[Problem]]:
+    if not isinstance(item, dict):
+        message = f"expected a mapping with the API's fields (name, kind, ...), got {describe_value(item)}"
+        return None, [Problem(prefix, message)]
+    kind = item.get("kind")
+    model = API_KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        allowed = ", ".join(API_KINDS)
+        got = "is required" if "kind" not in item else f"unknown kind {describe_value(kind)}"
+        return None, [Problem(f"{prefix}.kind", f"{got}; allowed kinds: {allowed}")]
+    try:
+        return model.model_validate(item, context=context), []
+    except ValidationError as exc:
+        return None, _translate(exc, model, prefix)
+
+
+def _translate(exc: ValidationError, model: type[BaseModel], prefix: str) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        if error["type"] == ISSUES_ERROR:
+            for field, message in error["ctx"]["issues"]:
+                problems.append(Problem(_path(prefix, (*loc, *field.split("."))), message))
+        else:
+            problems.append(Problem(_path(prefix, loc), _message(error, model)))
+    return problems
+
+
+def _path(prefix: str, loc: tuple[str | int, ...]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part:
+            path += f".{part}"
+    return path
+
+
+def _message(error: ErrorDetails, model: type[BaseModel]) -> str:
+    kind, loc, value = error["type"], error["loc"], error["input"]
+    ctx = error.get("ctx", {})
+    field = _field_at(model, loc)
+    if kind == "missing":
+        return "is required" + _allowed_literals(field)
+    if kind == "extra_forbidden":
+        return _unknown_field(loc[-1], _model_at(model, loc[:-1]))
+    if kind == "literal_error":
+        return f"expected {ctx['expected']}, got {describe_value(value)}"
+    if kind in _EXPECTED_TYPES:
+        hint = _BOOL_HINT if isinstance(value, bool) else ""
+        return f"expected {_EXPECTED_TYPES[kind]}, got {describe_value(value)}{hint}"
+    if kind in _BOUND_ERRORS:
+        return f"must be {_bounds(field, ctx)}, got {describe_value(value)}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {describe_value(value)}"
+    if kind == "value_error":
+        return str(ctx["error"])
+    return error["msg"]
+
+
+def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The nested model class a location points into (our models nest models directly, never in lists)."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _field_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> FieldInfo | None:
+    parent = _model_at(model, loc[:-1]) if loc else None
+    return parent.model_fields.get(loc[-1]) if parent and isinstance(loc[-1], str) else None
+
+
+def _unknown_field(name: str | int, model: type[BaseModel] | None) -> str:
+    if model is None:
+        return f"unknown field {name!r}"
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(str(name), allowed, n=1)
+    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown field {name!r}{suggestion}; allowed: {', '.join(allowed)}"
+
+
+def _allowed_literals(field: FieldInfo | None) -> str:
+    if field is None or get_origin(field.annotation) is not Literal:
+        return ""
+    return "; allowed: " + ", ".join(repr(value) for value in get_args(field.annotation))
+
+
+def _bounds(field: FieldInfo | None, ctx: dict[str, Any]) -> str:
+    """The field's whole allowed range ("> 0 and <= 30000"), not only the bound that failed."""
+    constraints = [
+        (symbol, getattr(item, key))
+        for item in (field.metadata if field else [])
+        for key, symbol in _BOUND_SYMBOLS.items()
+        if hasattr(item, key)
+    ] or [(symbol, ctx[key]) for key, symbol in _BOUND_SYMBOLS.items() if key in ctx]
+    return " and ".join(f"{symbol} {limit}" for symbol, limit in constraints)

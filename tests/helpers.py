@@ -1,0 +1,59 @@
+"""Shared helpers for tests that run real processes: polling with deadlines and process inspection."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "deployments" / "iris-classifier"
+
+
+def wait_for(check: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def serving_pids(home: Path) -> list[int]:
+    """Replica processes belonging to one agent home (their config files live under it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"cortex_flows.serving" in cmd and any(str(home).encode() in part for part in cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+def example_project(tmp: Path) -> Path:
+    """A trained copy of the iris example."""
+    project = tmp / "iris-classifier"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("model.joblib", "__pycache__"))
+    subprocess.run([sys.executable, str(project / "train.py")], check=True, capture_output=True)
+    return project
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "cortex_flows.cli", *args],
+        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
