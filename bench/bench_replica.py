@@ -24,9 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import LoadResult, run_load, use_uvloop  # noqa: E402
+from loadgen import LoadResult, run_load, use_uvloop  # bench/ is on sys.path when run as a script
 
 SETOSA_BODY = json.dumps({"features": [5.1, 3.5, 1.4, 0.2]}).encode()
 START_TIMEOUT = 30.0
@@ -53,7 +51,13 @@ def serve_bare(model_path: str, port: int) -> None:
 
     app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/readyz", readyz)])
     uvicorn.run(
-        app, host="127.0.0.1", port=port, http="httptools", loop="uvloop", access_log=False, log_level="warning"
+        app,
+        host="127.0.0.1",
+        port=port,
+        http="httptools",
+        loop="uvloop",
+        access_log=False,
+        log_level="warning",
     )
 
 
@@ -98,7 +102,9 @@ def running(command: list[str], port: int) -> Iterator[None]:
 
 
 def load(port: int, connections: int, seconds: float) -> LoadResult:
-    result = asyncio.run(run_load("127.0.0.1", port, "/predict", SETOSA_BODY, connections=connections, duration=seconds))
+    result = asyncio.run(
+        run_load("127.0.0.1", port, "/predict", SETOSA_BODY, connections=connections, duration=seconds)
+    )
     if result.errors:
         raise RuntimeError(f"errors under load on port {port}: {result.errors}")
     return result

@@ -167,6 +167,12 @@ class ReplicaApp:
             result.headers["x-request-id"] = request_id.decode("latin-1")
             result.headers["x-cortex-revision"] = self._revision.decode()
             await result(scope, receive, send)
+            if result.status_code >= 500:
+                log.error(
+                    "request %s -> %d: returned by the handler",
+                    request_id.decode("latin-1"),
+                    result.status_code,
+                )
             return result.status_code
         try:
             response_type, response_body = encode_result(result)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 from cortex_flows.serving.handlers import BadRequest
 
 JSON = b"application/json"
+FORM = b"application/x-www-form-urlencoded"
 OCTET_STREAM = b"application/octet-stream"
 
 
@@ -24,7 +26,10 @@ _encoder = json.JSONEncoder(
 
 
 def decode_payload(body: bytes, content_type: bytes | None) -> Any:
-    """JSON (or no content type) -> parsed JSON, empty -> None; `text/*` -> str; anything else -> bytes."""
+    """JSON (or no content type) -> parsed JSON, empty -> None; `text/*` -> str; anything else -> bytes.
+
+    A form-encoded body that is a JSON object or array is read as JSON too (curl's default for `-d`).
+    """
     mime, _, params = (content_type or b"").partition(b";")
     mime = mime.strip().lower()
     if not mime or mime == JSON or mime.endswith(b"+json"):
@@ -34,6 +39,10 @@ def decode_payload(body: bytes, content_type: bytes | None) -> Any:
             return json.loads(body)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise BadRequest(f"malformed JSON: {exc}") from exc
+    if mime == FORM and body[:1] in (b"{", b"["):
+        # `curl -d '{...}'` labels JSON as a form; read it as the JSON it is.
+        with contextlib.suppress(ValueError):
+            return json.loads(body)
     if mime.startswith(b"text/"):
         charset = _charset(params) or "utf-8"
         try:

@@ -25,7 +25,7 @@ import uvicorn
 from cortex_flows.serving.admission import Admission
 from cortex_flows.serving.app import ReplicaApp
 from cortex_flows.serving.config import ReplicaConfig
-from cortex_flows.serving.handlers import load_handler
+from cortex_flows.serving.handlers import HandlerLoadError, load_handler
 from cortex_flows.serving.metrics import ReplicaMetrics
 
 log = logging.getLogger("cortex_flows.serving")
@@ -36,7 +36,7 @@ EXIT_BAD_CONFIG = 2  # bad arguments or replica config (argparse also exits 2)
 EXIT_BIND_FAILED = 3  # the port is taken or not bindable: the supervisor may retry on another port
 
 PARENT_POLL_SECONDS = 1.0
-MAX_REASON_CHARS = 500
+MAX_REASON_CHARS = 230  # with the log prefix, fits the 300 characters the agent shows
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "cortex-flows-cache"
 
 
@@ -148,7 +148,8 @@ class Replica:
             if self.app.draining:
                 return  # stopping anyway; a load cut short is not a failure
             log.exception("%s failed", step)
-            self.failure = one_line(f"{step}: {type(exc).__name__}: {exc}")
+            detail = str(exc) if isinstance(exc, HandlerLoadError) else f"{type(exc).__name__}: {exc}"
+            self.failure = one_line(f"{step}: {detail}")
             self.server.should_exit = True
             return
         if not self.app.draining:

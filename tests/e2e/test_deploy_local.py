@@ -49,7 +49,8 @@ def test_deploy_serve_get_delete(prefect_api, local_cluster, tmp_path):
     artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
     report = next(a for a in artifacts if a.key == "deploy-report")
     assert report.type == "markdown" and "iris-classifier" in report.data and status["versions"][0]["package_id"][:12] in report.data
-    assert any(a.type == "link" and a.data == url for a in artifacts)
+    link = next(a for a in artifacts if a.key == "endpoint-iris-classifier")
+    assert url in link.data
 
     replicas = serving_pids(local_cluster["home"].root)
     assert len(replicas) == 1

@@ -198,7 +198,7 @@ def test_load_failure_exits_nonzero_with_the_reason_last(
     stderr = replica.stderr()
     assert "Traceback" in stderr
     last = stderr.strip().splitlines()[-1]
-    assert "load failed: loading the handler: HandlerLoadError: BrokenHandler.__init__ raised" in last
+    assert "load failed: loading the handler: BrokenHandler.__init__ raised" in last
     assert last.endswith("RuntimeError: weights missing")
 
 

@@ -239,6 +239,9 @@ def test_missing_handler_file_and_model_are_load_errors(tmp_path: Path, executor
         (b"caf\xe9", b"text/plain; charset=latin-1", "café"),
         (b"\x00\x01", b"application/octet-stream", b"\x00\x01"),
         (b"<x/>", b"application/xml", b"<x/>"),
+        (b'{"a": 1}', b"application/x-www-form-urlencoded", {"a": 1}),
+        (b"a=1&b=2", b"application/x-www-form-urlencoded", b"a=1&b=2"),
+        (b"{not json", b"application/x-www-form-urlencoded", b"{not json"),
     ],
 )
 def test_decode_payload(body: bytes, content_type: bytes | None, expected: Any) -> None:

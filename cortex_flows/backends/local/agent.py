@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -211,6 +212,11 @@ async def serve(home: LocalHome, gateway_port: int) -> None:
     from cortex_flows.backends.local.control import control_app
 
     home.ensure()
+    lock = open(home.root / "agent.lock", "w")  # held for the agent's lifetime: one agent per home
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another agent is running for {home.root}") from None
     token = home.token(create=True)
     assert token is not None
     table = RoutingTable()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -51,11 +52,20 @@ def running_agent(home: LocalHome) -> AgentInfo | None:
 
 
 def start_agent(home: LocalHome, gateway_port: int | None = None) -> AgentInfo:
-    """Start an agent for `home` unless one runs; returns once its control API and gateway answer."""
+    """Start an agent for `home` unless one runs; returns once its control API and gateway answer.
+
+    Concurrent callers (tasks of one flow, several CLIs) serialise on a lock file, so one agent starts.
+    """
     info = running_agent(home)
     if info is not None:
         return info
     home.ensure()
+    with open(home.root / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return running_agent(home) or _spawn_agent(home, gateway_port)
+
+
+def _spawn_agent(home: LocalHome, gateway_port: int | None) -> AgentInfo:
     home.info_file.unlink(missing_ok=True)
     port = gateway_port or default_gateway_port()
     with open(home.agent_log, "ab") as logf:

@@ -223,6 +223,7 @@ class _Client(asyncio.Protocol):
         "gw",
         "has_host",
         "head_bytes",
+        "head_size",
         "in_head",
         "lines",
         "parser",
@@ -257,7 +258,8 @@ class _Client(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.in_head = False
-        self.head_bytes = 0
+        self.head_bytes = 0  # bytes received while a head is incomplete (bounds one endless header)
+        self.head_size = 0
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -338,11 +340,14 @@ class _Client(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_head = True
         self.head_bytes = 0
+        self.head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
         lname = name.lower()
         if lname in _SPECIAL:
             if lname == b"host":
@@ -369,6 +374,13 @@ class _Client(asyncio.Protocol):
         elif lname.startswith(b"proxy-"):
             return
         self.lines.append(b"%s: %s\r\n" % (name, value))
+
+    def _count_head(self, n: int) -> None:
+        """Exact head size from the callbacks; data_received also bounds a head that never completes."""
+        self.head_size += n
+        if self.head_size > MAX_HEAD_BYTES:
+            self.failed = 431
+            raise _Abort
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -698,6 +710,13 @@ class _UpstreamConn(asyncio.Protocol):
             client.fail(502, f"replica of API {client.current.api} closed the connection")
 
     # --- parser callbacks ----------------------------------------------------------------------------
+
+    def _count_head(self, n: int) -> None:
+        """Exact head size from the callbacks; data_received also bounds a head that never completes."""
+        self.head_size += n
+        if self.head_size > MAX_HEAD_BYTES:
+            self.failed = 431
+            raise _Abort
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
