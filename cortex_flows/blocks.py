@@ -37,7 +37,7 @@ class CortexCluster(Block):
 
     _block_type_name = "Cortex Cluster"
     _block_type_slug = "cortex-cluster"
-    _description = "Where cortex-flows deploys model APIs (local agent or Kubernetes) and which credential blocks it uses."  # noqa: E501
+    _description = "Where cortex-flows deploys model APIs and which credential blocks it uses."
 
     backend: Literal["local"] = Field(default="local", description="Where APIs run: the local agent.")
     home: str | None = Field(

@@ -61,7 +61,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     try:
         endpoints = deploy(path=str(project.file), cluster=args.cluster, timeout=args.timeout,
                            smoke_payload=payload)  # fmt: skip
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a failed flow run re-raises whatever its task raised
         err.print(f"[red]deploy failed:[/red] {exc}", highlight=False)
         return EXIT_FAILED
     for name, url in endpoints.items():
@@ -131,7 +131,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
     try:
         deleted = delete(name=args.name, cluster=args.cluster)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a failed flow run re-raises whatever its task raised
         err.print(f"[red]delete failed:[/red] {exc}", highlight=False)
         return EXIT_FAILED
     if not deleted:
@@ -169,7 +169,8 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     from cortex_flows.blocks import CortexCluster
 
     for path in args.files:
-        doc = yaml.safe_load(open(path))
+        with open(path) as fh:
+            doc = yaml.safe_load(fh)
         if not isinstance(doc, dict) or doc.get("block_type") != "cortex-cluster" or "name" not in doc:
             err.print(f"{path}: expected a mapping with block_type: cortex-cluster, name and data")
             return EXIT_USAGE

@@ -26,7 +26,7 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """A Prefect `retry_condition_fn`."""
     try:
         state.result()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - classifying the failure is the point
         return is_transient(exc)
     return False
 

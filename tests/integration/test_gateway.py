@@ -36,7 +36,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class EchoServer:
-    """uvicorn in a thread; answers JSON describing the request. `?delay=s` sleeps before answering."""
+    """uvicorn in a thread; answers JSON describing the request. `?delay=s` sleeps before answering;
+    `?size=n` answers n bytes instead, chunked (no Content-Length), with the request body's length."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -70,9 +71,18 @@ class EchoServer:
         self.requests += 1
         self.connections.add(scope["client"][1])
         query = scope["query_string"].decode()
-        delay = float(parse_qs(query).get("delay", ["0"])[0])
+        params = parse_qs(query)
+        delay = float(params.get("delay", ["0"])[0])
         if delay:
             await asyncio.sleep(delay)
+        if "size" in params:
+            size = int(params["size"][0])
+            headers = [(b"x-body-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for i in range(4):
+                piece = b"%d" % i * (size // 4 if i < 3 else size - 3 * (size // 4))
+                await send({"type": "http.response.body", "body": piece, "more_body": i < 3})
+            return
         payload = {
             "server": self.name,
             "method": scope["method"],
@@ -165,8 +175,8 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class GatewayThread:
     """A Gateway on port 0 running on its own loop thread; the table is changed on that thread too."""
 
-    def __init__(self, **options: Any) -> None:
-        self.table = RoutingTable()
+    def __init__(self, table: RoutingTable | None = None, **options: Any) -> None:
+        self.table = table or RoutingTable()
         self.gateway = Gateway(self.table, port=0, **options)
         self.loop = _new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -290,6 +300,11 @@ def test_table_weights_are_exact_and_skip_empty_groups() -> None:
     assert route is not None
     picks = Counter(route.pick({}) for _ in range(1000))
     assert picks == {a: 800, b: 200}
+    picks.clear()
+    for _ in range(100):  # the agent republishing the route (replica churn) keeps the split exact
+        table.set_route("api", "/api", [(80, [a]), (20, [b])])
+        picks[table.route("api").pick({})] += 1  # type: ignore[union-attr]
+    assert picks == {a: 80, b: 20}
     table.set_route("api", "/api", [(50, [a]), (30, []), (20, [c]), (0, [b])])
     route = table.route("api")
     assert route is not None
@@ -548,7 +563,7 @@ def test_upstream_timeout_is_504(servers: dict) -> None:
     with GatewayThread(upstream_timeout=0.3) as gw:
         gw.route("iris", "/iris", (100, [servers["c"].upstream]))
         started = time.monotonic()
-        status, _, body = request(gw.port, "GET", "/iris?delay=3")
+        status, _, body = request(gw.port, "GET", "/iris?delay=1")
         assert status == 504 and "timed out" in json.loads(body)["error"]
         assert time.monotonic() - started < 2
         assert gw.gateway.in_flight(servers["c"].upstream) == 0
@@ -568,3 +583,32 @@ def test_stop_lets_in_flight_requests_finish(servers: dict) -> None:
             socket.create_connection(("127.0.0.1", gw.port), timeout=5)
         assert slow.result(timeout=5)["server"] == "a"
         stopping.result(timeout=5)
+
+
+def test_large_bodies_chunked_responses_and_a_slow_reader(gw: GatewayThread, servers: dict) -> None:
+    c = servers["c"]
+    gw.route("iris", "/iris", (100, [c.upstream]))
+    before = set(c.connections)
+    status, headers, body = request(gw.port, "POST", "/iris?size=3000000", b"b" * 1_000_000)
+    assert (status, headers["x-body-length"], headers["transfer-encoding"]) == (200, "1000000", "chunked")
+    assert body == b"0" * 750_000 + b"1" * 750_000 + b"2" * 750_000 + b"3" * 750_000
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /iris?size=8000000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        time.sleep(0.3)  # the gateway must hold the replica back instead of buffering all of it
+        data = read_all(s)
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.count(b"3") >= 2_000_000
+    assert echo(gw.port, "/iris")["server"] == "c"
+    assert len(c.connections - before) == 1  # pooled again after each chunked response
+
+
+def test_wait_for_upstream_hook_can_hold_a_request(servers: dict) -> None:
+    class ScaleFromZero(RoutingTable):
+        async def wait_for_upstream(self, api: str, timeout: float) -> Upstream | None:
+            await asyncio.sleep(0.1)  # as if a replica were being started
+            return servers["a"].upstream
+
+    with GatewayThread(ScaleFromZero()) as gw:
+        gw.route("iris", "/iris", (100, []))
+        assert echo(gw.port, "/iris")["server"] == "a"
+        assert gw.gateway.api_in_flight("iris") == 0

@@ -211,12 +211,6 @@ async def serve(home: LocalHome, gateway_port: int) -> None:
     """Run the agent until SIGTERM/SIGINT or a shutdown request."""
     from cortex_flows.backends.local.control import control_app
 
-    home.ensure()
-    lock = open(home.root / "agent.lock", "w")  # held for the agent's lifetime: one agent per home
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SystemExit(f"another agent is running for {home.root}") from None
     token = home.token(create=True)
     assert token is not None
     table = RoutingTable()
@@ -262,8 +256,13 @@ def main() -> None:
         from uvloop import new_event_loop
     except ImportError:
         new_event_loop = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(serve(LocalHome(Path(args.home)), args.port))
+    home = LocalHome(Path(args.home)).ensure()
+    with open(home.root / "agent.lock", "w") as lock, asyncio.Runner(loop_factory=new_event_loop) as runner:
+        try:  # held for the agent's lifetime: one agent per home
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"another agent is running for {home.root}") from None
+        runner.run(serve(home, args.port))
 
 
 if __name__ == "__main__":

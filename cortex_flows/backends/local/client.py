@@ -29,6 +29,12 @@ MUTATION_TIMEOUT = DEFAULT_GRACE_SECONDS * 2 + 30
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while the process exists; reaps it first if it is our own exited child (a zombie)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

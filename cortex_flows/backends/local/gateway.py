@@ -17,7 +17,9 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Coroutine
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 
@@ -105,6 +107,7 @@ class Gateway:
         self.idle: dict[Upstream, list[_UpstreamConn]] = {}
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         table.add_removal_listener(self._on_upstreams_removed)
 
     @property
@@ -145,8 +148,11 @@ class Gateway:
         deadline = self.loop.time() + grace
         while self.clients and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
+        if self.clients:
+            log.warning(
+                "gateway stop: cutting %d connection(s) still busy after %.1f s", len(self.clients), grace
+            )
         for client in list(self.clients):
-            log.warning("gateway stop: cutting a connection with a request still in progress")
             client.transport.abort()
         for conns in self.idle.values():
             for conn in conns:
@@ -154,11 +160,19 @@ class Gateway:
         self.idle.clear()
         for conn in list(self.busy):
             conn.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self._server.wait_closed()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task we hold on to (the loop keeps only weak references)."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- upstream connection pool ------------------------------------------------------------------------
 
@@ -196,11 +210,14 @@ class Gateway:
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
-            for conn in [c for c in self.busy if now - c.last_active > self.upstream_timeout]:
-                conn.time_out()
-            for conns in self.idle.values():
-                while conns and now - conns[0].last_active > self.idle_timeout:
-                    conns.pop(0).close()
+            try:
+                for conn in [c for c in self.busy if now - c.last_active > self.upstream_timeout]:
+                    conn.time_out()
+                for conns in self.idle.values():
+                    while conns and now - conns[0].last_active > self.idle_timeout:
+                        conns.pop(0).close()
+            except Exception:
+                log.warning("gateway: error in the timeout sweep", exc_info=True)
 
 
 class _Client(asyncio.Protocol):
@@ -252,7 +269,7 @@ class _Client(asyncio.Protocol):
         self.replied = False  # some response bytes for `current` went to the client
         self.closed = False
         self.closing = False  # close when `current` is done (gateway stopping, or Connection: close)
-        self.eof = False  # client half-closed: finish what was sent, then close
+        self.eof = False  # no more input (client half-closed, or an Upgrade request): answer, then close
         self.failed = 0  # 400/413/431: answer this once earlier requests are done, then close
         self.continue_pending = False
         self.reading_paused = False
@@ -284,8 +301,8 @@ class _Client(asyncio.Protocol):
         self.gw.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.failed:
-            return  # lingering after an error reply: drop input
+        if self.failed or self.eof:
+            return  # lingering after an error reply, or reading stopped after an Upgrade request
         try:
             if self.in_head:
                 self.head_bytes += len(data)
@@ -475,7 +492,7 @@ class _Client(asyncio.Protocol):
             req.head = head
         upstream = route.pick(gw.table.upstream_in_flight)
         if upstream is None:
-            gw.loop.create_task(self.wait_for_upstream(req))
+            gw.spawn(self.wait_for_upstream(req))
         else:
             self.send_to(upstream, failover=True)
 
@@ -489,7 +506,7 @@ class _Client(asyncio.Protocol):
         if conn is not None:
             conn.send(self, req, reused=True)
         else:
-            gw.loop.create_task(self.connect(upstream, failover=failover))
+            gw.spawn(self.connect(upstream, failover=failover))
 
     async def connect(self, upstream: Upstream, *, failover: bool) -> None:
         gw = self.gw
@@ -499,8 +516,14 @@ class _Client(asyncio.Protocol):
                 _, conn = await loop.create_connection(
                     lambda: _UpstreamConn(gw, upstream), upstream.host, upstream.port
                 )
-        except (OSError, TimeoutError) as exc:
-            log.debug("gateway: cannot connect to %s: %r", upstream, exc)
+        except Exception as exc:  # noqa: BLE001 - any failure must end as failover or 502, never a hung client
+            expected = isinstance(exc, OSError | TimeoutError)  # the replica just died or is wedged
+            log.log(
+                logging.DEBUG if expected else logging.WARNING,
+                "gateway: cannot connect to %s: %r",
+                upstream,
+                exc,
+            )
             if self.target is not upstream:
                 return  # the client went away meanwhile
             self.release()
@@ -537,7 +560,7 @@ class _Client(asyncio.Protocol):
         self.conn = None
         upstream = self.target
         assert upstream is not None
-        self.gw.loop.create_task(self.connect(upstream, failover=True))
+        self.gw.spawn(self.connect(upstream, failover=True))
 
     def response_done(self, upstream_keep_alive: bool) -> None:
         req = self.current
@@ -551,15 +574,21 @@ class _Client(asyncio.Protocol):
 
     def fail(self, status: int, message: str, extra: bytes = b"") -> None:
         """An upstream problem for the current request: error reply if nothing was relayed, else cut."""
+        if self.replied:
+            self.cut()
+            return
         self.release()
         self.conn = None
-        if self.closed:
-            return
-        if self.replied:
-            self.close()  # the response is truncated, or was delimited by the upstream closing
-            return
-        self.reply(status, message, extra)
-        self.process()
+        if not self.closed:
+            self.reply(status, message, extra)
+            self.process()
+
+    def cut(self) -> None:
+        """The upstream stopped mid-response: close, so the client sees the end (truncated, or read-to-EOF)."""
+        self.release()
+        self.conn = None
+        if not self.closed:
+            self.close()
 
     def release(self) -> None:
         upstream = self.target
@@ -608,9 +637,7 @@ class _Client(asyncio.Protocol):
         """llhttp stops at an Upgrade request; we serve it as plain HTTP and then close the connection."""
         if self.queue:
             self.queue[-1].keep_alive = False
-            self.failed = 0
-            self.closing = False
-            self.eof = True  # nothing after the upgrade request is read
+            self.eof = True
         else:
             self.failed = 400
 
@@ -682,14 +709,19 @@ class _UpstreamConn(asyncio.Protocol):
         client.transport.write(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            log.warning("gateway: bad response from %s: %s", self.upstream, exc)
+            if self.done:
+                self._finish(client)
+        except Exception as exc:
+            bad = isinstance(exc, httptools.HttpParserError)
+            log.warning(
+                "gateway: %s from %s",
+                "bad response" if bad else "error relaying",
+                self.upstream,
+                exc_info=not bad,
+            )
             self.detach()
             self.transport.abort()
-            client.fail(502, "bad response from replica")
-            return
-        if self.done:
-            self._finish(client)
+            client.cut()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -702,7 +734,7 @@ class _UpstreamConn(asyncio.Protocol):
             return
         self.detach()
         if self.got_data:
-            client.fail(502, "")  # already relaying: the client connection closes after the bytes we had
+            client.cut()
         elif self.reused:
             log.debug("gateway: pooled connection to %s was closed; retrying on a new one", self.upstream)
             client.retry_fresh()
@@ -710,13 +742,6 @@ class _UpstreamConn(asyncio.Protocol):
             client.fail(502, f"replica of API {client.current.api} closed the connection")
 
     # --- parser callbacks ----------------------------------------------------------------------------
-
-    def _count_head(self, n: int) -> None:
-        """Exact head size from the callbacks; data_received also bounds a head that never completes."""
-        self.head_size += n
-        if self.head_size > MAX_HEAD_BYTES:
-            self.failed = 431
-            raise _Abort
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()

@@ -83,6 +83,14 @@ class Route:
                     best, best_n = u, in_flight.get(u, 0)
         return best
 
+    def weights(self) -> list[int]:
+        """Weights of the groups that take traffic, in order."""
+        return [g.weight for g in self._eligible]
+
+    def carry_position(self, old: Route) -> None:
+        """Continue `old`'s weighted rotation, so frequent route updates keep the split exact."""
+        self._current = old._current
+
     def upstreams(self) -> set[Upstream]:
         return {u for g in self.groups for u in g.replicas}
 
@@ -140,6 +148,8 @@ class RoutingTable:
             raise ValueError(f"endpoint {path} is already used by API {other.api}")
         route = Route(api, path, built)
         old = self._routes.get(api)
+        if old is not None and route.weights() == old.weights():
+            route.carry_position(old)  # replica churn must not restart the rotation (it favours the heaviest)
         if old is not None and old.endpoint != path:
             del self._by_endpoint[old.endpoint.encode()]
         self._routes[api] = route

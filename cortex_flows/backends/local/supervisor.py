@@ -94,7 +94,10 @@ def crash_reason(path: Path) -> str:
 class Supervisor:
     """Owns every replica process; tells the agent when the set of ready replicas changes."""
 
-    def __init__(self, run_dir: Path, log_dir: Path, on_change: Callable[[str], None]) -> None:
+    def __init__(
+        self, run_dir: Path, log_dir: Path, on_change: Callable[[str], None], grace: float = DEFAULT_GRACE_SECONDS
+    ) -> None:
+        self.grace = grace  # how long a stopping replica may take to finish its requests
         self.run_dir = run_dir
         self.log_dir = log_dir
         self.on_change = on_change
@@ -170,15 +173,18 @@ class Supervisor:
             await asyncio.sleep(delay)
 
     async def _run_once(self, replica: Replica) -> int:
-        with open(replica.log_path, "ab") as logf:
+        logfd = os.open(replica.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
             replica.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "cortex_flows.serving",
                 "--config", str(replica.config_path),
                 "--host", "127.0.0.1", "--port", str(replica.port),
-                "--parent-pid", str(os.getpid()),
-                stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
+                "--parent-pid", str(os.getpid()), "--grace", str(self.grace),
+                stdin=asyncio.subprocess.DEVNULL, stdout=logfd, stderr=logfd,
                 env={**os.environ, **replica.env},
             )  # fmt: skip
+        finally:
+            os.close(logfd)
         self._write_pidfile(replica)
         exited = asyncio.create_task(replica.proc.wait())
         try:
