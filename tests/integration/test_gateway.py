@@ -593,11 +593,11 @@ def test_large_bodies_chunked_responses_and_a_slow_reader(gw: GatewayThread, ser
     assert (status, headers["x-body-length"], headers["transfer-encoding"]) == (200, "1000000", "chunked")
     assert body == b"0" * 750_000 + b"1" * 750_000 + b"2" * 750_000 + b"3" * 750_000
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.sendall(b"GET /iris?size=8000000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        time.sleep(0.3)  # the gateway must hold the replica back instead of buffering all of it
+        s.sendall(b"GET /iris?size=40000000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        # A client that does not read: the gateway must hold the replica back, not buffer 40 MB.
+        wait_for(lambda: gw.call(lambda: any(conn.paused for conn in gw.gateway.busy)), timeout=5)
         data = read_all(s)
-    assert data.startswith(b"HTTP/1.1 200 OK") and data.count(b"3") >= 2_000_000
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.count(b"3") >= 10_000_000
     assert echo(gw.port, "/iris")["server"] == "c"
     assert len(c.connections - before) == 1  # pooled again after each chunked response
 

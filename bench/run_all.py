@@ -1,0 +1,15 @@
+"""Run every benchmark in turn; each prints its own table of figures and ratios (none is pass/fail)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ("bench_replica.py", "bench_gateway.py", "bench_deploy.py")
+
+if __name__ == "__main__":
+    for name in BENCHES:
+        print(f"\n=== {name} ===", flush=True)
+        subprocess.run([sys.executable, str(HERE / name)], check=False)
