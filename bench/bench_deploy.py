@@ -166,12 +166,16 @@ def main() -> None:
     print("\nDeploy to first 200 (in-process flow, agent running, server running), median of", args.runs)
     print(f"  floor (a) trivial Prefect flow run      {flow_floor:7.2f} s")
     print(f"  floor (b) bare process to first 200     {bare_floor:7.2f} s")
-    print(f"  deploy flow to first 200                {deploy_time:7.2f} s   ({', '.join(f'{d:.2f}' for d in deploys)})")
+    print(
+        f"  deploy flow to first 200                {deploy_time:7.2f} s   ({', '.join(f'{d:.2f}' for d in deploys)})"
+    )
     print(f"  ratio deploy / (a + b)                  {deploy_time / floors:7.2f} x   (goal <= 1.3)")
     print(f"\nCLI `cortex-flows deploy` wall time (prefect server start took {server_start:.1f} s once)")
     for label, seconds in timings.items():
         print(f"  {label:38s}  {seconds:7.2f} s")
-    print(f"  ratio ephemeral (existing home) / running server  {timings['ephemeral, existing home'] / timings['running server']:.2f} x")
+    print(
+        f"  ratio ephemeral (existing home) / running server  {timings['ephemeral, existing home'] / timings['running server']:.2f} x"
+    )
 
 
 if __name__ == "__main__":

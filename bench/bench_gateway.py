@@ -1,11 +1,15 @@
 """Gateway overhead: the same load straight to a replica-like server, then through the gateway in front of it.
 
 The upstream is uvicorn (httptools + uvloop, no access log) serving a tiny ASGI app that answers a small
-JSON, the cheapest thing a replica can be, so the gateway's own cost shows as plainly as it can. Upstream
-and gateway run as separate processes on free loopback ports; the load generator runs in this process.
+JSON, the cheapest thing a replica can be, so the gateway's own cost shows as plainly as it can.
+`--work-us N` makes it burn N microseconds of CPU per request first, like a model's predict. Upstream and
+gateway run as separate processes on free loopback ports; the load generator runs in this process.
 The goal is gateway throughput >= 0.9x direct and p50 <= +0.5 ms. Not a pass/fail test: it prints a table.
 
-    .venv/bin/python bench/bench_gateway.py [-c 16] [-d 5]
+On a 2-core machine the three processes share two cores, so with a trivial upstream the gateway's own CPU
+(~20 us per request, most of it in the kernel's loopback TCP) is taken straight from the upstream's share.
+
+    .venv/bin/python bench/bench_gateway.py [-c 16] [-d 5] [--work-us 0]
 """
 
 from __future__ import annotations
@@ -28,11 +32,18 @@ BODY = json.dumps({"features": [5.1, 3.5, 1.4, 0.2]}).encode()
 REPLY = json.dumps({"prediction": "setosa"}).encode()
 
 
+WORK_SECONDS = float(os.environ.get("BENCH_WORK_US", "0")) / 1e6
+
+
 async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
-    """The upstream: read the body, answer a constant small JSON."""
+    """The upstream: read the body, optionally burn CPU, answer a constant small JSON."""
     more = True
     while more:
         more = (await receive()).get("more_body", False)
+    if WORK_SECONDS:
+        until = time.perf_counter() + WORK_SECONDS
+        while time.perf_counter() < until:
+            pass
     await send(
         {
             "type": "http.response.start",
@@ -85,8 +96,8 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> 
     raise RuntimeError(f"nothing listening on port {port} after {timeout} s")
 
 
-def spawn(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def spawn(*args: str, work_us: float = 0.0) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_WORK_US": str(work_us)}
     return subprocess.Popen([sys.executable, __file__, *args], env=env)
 
 
@@ -105,6 +116,7 @@ def main() -> None:
     ap.add_argument("-c", "--connections", type=int, default=16)
     ap.add_argument("-d", "--duration", type=float, default=5.0, help="seconds per measurement")
     ap.add_argument("-r", "--rounds", type=int, default=2, help="direct/gateway pairs, best of each kept")
+    ap.add_argument("--work-us", type=float, default=0.0, help="CPU the upstream burns per request")
     args = ap.parse_args()
     if args.role == "upstream":
         serve_upstream(args.port)
@@ -114,7 +126,7 @@ def main() -> None:
         return
 
     up_port, gw_port = free_port(), free_port()
-    procs = [spawn("upstream", "--port", str(up_port))]
+    procs = [spawn("upstream", "--port", str(up_port), work_us=args.work_us)]
     procs.append(spawn("gateway", "--port", str(gw_port), "--upstream", str(up_port)))
     try:
         wait_listening(up_port, procs[0])
@@ -135,7 +147,7 @@ def main() -> None:
 
 def report(d: LoadResult, g: LoadResult, args: argparse.Namespace) -> None:
     print(f"\n{args.connections} connections, {args.duration:.0f} s per run, best of {args.rounds}, "
-          f"{os.cpu_count()} CPUs (load generator, gateway and upstream share them)")  # fmt: skip
+          f"upstream work {args.work_us:.0f} us/request, {os.cpu_count()} CPUs shared by all three processes")  # fmt: skip
     print(f"{'':10} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>8}")
     for name, r in (("direct", d), ("gateway", g)):
         errors = sum(r.errors.values())

@@ -33,7 +33,8 @@ class LoadResult:
     """What a run measured. Latencies cover completed responses of any status."""
 
     requests: int  # responses received (any status)
-    errors: dict[str, int] = field(default_factory=dict)  # "503": n for non-2xx; "connect"/"reset"/"timeout"
+    errors: dict[str, int] = field(default_factory=dict)  # "503": n per non-2xx status; else "connect",
+    # "reset" (closed mid-request), "timeout" (unanswered after the drain period), "bad-response"
     wall_seconds: float = 0.0
     throughput: float = 0.0  # responses per second over the wall time
     p50_ms: float = 0.0
@@ -59,7 +60,7 @@ class _Run:
 
     def __init__(
         self, host: str, port: int, request: bytes, head_only: bool, budget: int | None, deadline: float
-    ):
+    ) -> None:
         self.host = host
         self.port = port
         self.request = request

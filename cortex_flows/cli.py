@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -23,8 +24,20 @@ from cortex_flows.backends.local.home import LocalHome
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _print_table(table: Table) -> None:
+    """Tables keep whole URLs even when piped (rich would otherwise assume 80 columns)."""
+    out.print(table, width=None if out.is_terminal else 200)
+
+
+def _quiet_temporary_server() -> None:
+    """Without PREFECT_API_URL each run starts Prefect's temporary server; its telemetry heartbeat races
+    the run for the SQLite file and prints tracebacks, so turn it off unless the user chose otherwise."""
+    if "PREFECT_API_URL" not in os.environ:
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _since(when: datetime) -> str:
@@ -54,7 +67,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     except SpecError as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         return EXIT_USAGE
-    err.print(f"deploying {', '.join(a.name for a in project.apis)} from {project.file} ...")
+    err.print(f"deploying {', '.join(a.name for a in project.apis)} from {project.file} ...", highlight=False)
+    _quiet_temporary_server()
     from cortex_flows.flows.deploy import deploy
 
     payload = json.loads(args.smoke_payload) if args.smoke_payload else None
@@ -95,7 +109,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     for s in statuses:
         table.add_row(s.name, s.state.value, f"{s.ready}/{s.requested}", str(s.up_to_date), _since(s.last_update),
                       backend.endpoint_url(s.endpoint))  # fmt: skip
-    out.print(table)
+    _print_table(table)
     if args.name:
         _print_versions(statuses[0], asyncio.run(backend.history(args.name)))
     return 0
@@ -108,13 +122,13 @@ def _print_versions(status: ApiStatus, history: list[Any]) -> None:
     for v in status.versions:
         versions.add_row(str(v.revision), f"{v.weight}%", str(v.ready), str(v.desired), str(v.starting),
                          str(v.failed), v.package_id[:12], v.message)  # fmt: skip
-    out.print(versions)
+    _print_table(versions)
     past = Table(title="history", box=None, header_style="bold", title_justify="left")
     for col in ("revision", "outcome", "package", "spec", "deployed"):
         past.add_column(col)
     for r in history:
         past.add_row(str(r.revision), r.outcome.value, r.package_id[:12], r.spec_hash[:12], f"{_since(r.created)} ago")
-    out.print(past)
+    _print_table(past)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -127,6 +141,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    _quiet_temporary_server()
     from cortex_flows.flows.delete import delete
 
     try:
@@ -166,6 +181,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 def cmd_blocks(args: argparse.Namespace) -> int:
     import yaml
 
+    _quiet_temporary_server()
     from cortex_flows.blocks import CortexCluster
 
     for path in args.files:

@@ -56,3 +56,19 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
         [sys.executable, "-m", "cortex_flows.cli", *args],
         env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
+
+
+def free_port_closed() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_command(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=ROOT,
+    )  # fmt: skip

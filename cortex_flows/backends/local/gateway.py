@@ -23,7 +23,7 @@ from typing import Any
 
 import httptools
 
-from cortex_flows.backends.local.routing import Route, RoutingTable, Upstream
+from cortex_flows.backends.local.routing import RoutingTable, Upstream
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_PORT", "Gateway", "RoutingTable", "Upstream"]
 
@@ -35,7 +35,7 @@ MAX_HEAD_BYTES = 64 * 1024  # request line + headers; beyond -> 431
 _JOIN_LIMIT = 64 * 1024  # bodies up to this size are joined to the head: one write, one segment
 _LINGER = 1.0  # after a 4xx that closes, keep reading (and dropping) this long so the client sees it
 
-# Request headers handled specially: hop-by-hop ones are dropped, framing ones are regenerated.
+# Request headers handled specially: hop-by-hop ones (and Proxy-*) are dropped, framing ones regenerated.
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
@@ -51,19 +51,18 @@ class _Abort(Exception):
 class _Request:
     """One parsed client request, waiting in its connection's queue or being served."""
 
-    __slots__ = ("api", "body", "head", "head_only", "keep_alive", "method", "route", "url")
+    __slots__ = ("api", "body", "head", "head_only", "keep_alive", "method", "url")
 
     def __init__(
         self, method: bytes, url: bytes, head: bytes, body: bytes, keep_alive: bool, head_only: bool
     ) -> None:
         self.method = method
         self.url = url
-        self.head = head  # headers to forward, with the final blank line; no request line yet
-        self.body = body
+        self.head = head  # headers to forward and the blank line; once routed, the whole upstream request
+        self.body = body  # once routed: only a large body that is written separately
         self.keep_alive = keep_alive
         self.head_only = head_only
-        self.route: Route | None = None
-        self.api = ""
+        self.api = ""  # set once routed
 
 
 class Gateway:
@@ -85,10 +84,10 @@ class Gateway:
         max_idle_per_upstream: int = 64,
         idle_timeout: float = 4.0,
     ) -> None:
-        """`upstream_timeout`: longest silence from a replica mid-request (then 504, or a cut response).
-        `idle_timeout`: pooled connections idle longer are closed; below uvicorn's 5 s keep-alive so we
-        rarely reuse a socket the replica is closing. Also the longest `wait_for_upstream` may hold a request
-        is `upstream_timeout`.
+        """`upstream_timeout`: longest silence from a replica mid-request (then 504, or a cut response),
+        and the longest `RoutingTable.wait_for_upstream` may hold a request. `idle_timeout`: pooled
+        connections idle longer are closed; it stays below the replicas' keep-alive (uvicorn: 5 s) so we
+        rarely reuse a socket the replica is closing (that race is retried anyway).
         """
         self.table = table
         self.host = host
@@ -482,7 +481,6 @@ class _Client(asyncio.Protocol):
             self.reply(404, f"no API at {path.decode('latin-1')}")
             return
         route, rest = hit
-        req.route = route
         req.api = api = route.api
         gw.requests[api] = gw.requests.get(api, 0) + 1
         head = b"%s %s%s HTTP/1.1\r\n%s" % (req.method, rest, query, req.head)

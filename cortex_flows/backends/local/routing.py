@@ -180,9 +180,6 @@ class RoutingTable:
     def route(self, api: str) -> Route | None:
         return self._routes.get(api)
 
-    def routes(self) -> list[Route]:
-        return list(self._routes.values())
-
     def resolve(self, path: bytes) -> tuple[Route, bytes] | None:
         """The route for a request path and the path to forward: `/iris` -> `/`, `/iris/a` -> `/a`.
 

@@ -1,0 +1,75 @@
+"""Prefect-facing behaviour: task retries on real failures, block registration, run naming."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from uuid import UUID
+
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect_aws import AwsCredentials
+
+from cortex_flows.blocks import CortexCluster
+from cortex_flows.packaging.build import build_package
+from cortex_flows.tasks.deploy import store
+from tests.helpers import cli, example_project, free_port_closed, run_command
+
+
+async def _task_run(task_run_id):
+    async with get_client() as client:
+        return await client.read_task_run(task_run_id)
+
+
+def _store_attempts(cluster: CortexCluster, tmp_path) -> tuple[str, int]:
+    built = build_package(example_project(tmp_path), tmp_path / "out")
+
+    @flow
+    def store_only() -> tuple[str, UUID]:
+        fast = store.with_options(retry_delay_seconds=0, retry_jitter_factor=None)
+        state = fast(built, cluster, return_state=True)
+        return state.type.value, state.state_details.task_run_id
+
+    outcome, task_run_id = store_only()
+    return outcome, asyncio.run(_task_run(task_run_id)).run_count
+
+
+def test_unreachable_store_is_retried_then_fails(prefect_api, tmp_path):
+    AwsCredentials(
+        aws_access_key_id="a", aws_secret_access_key="b", region_name="us-east-1",
+        aws_client_parameters={"endpoint_url": f"http://127.0.0.1:{free_port_closed()}",
+                               "config": {"retries": {"max_attempts": 1}, "connect_timeout": 1}},
+    ).save("closed-port", overwrite=True)  # fmt: skip
+    cluster = CortexCluster(package_store="s3://bucket/p", aws_credentials="closed-port")
+    assert _store_attempts(cluster, tmp_path) == ("FAILED", 5)  # 1 try + 4 retries
+
+
+def test_missing_bucket_fails_at_once(prefect_api, moto_reset, tmp_path):
+    AwsCredentials(
+        aws_access_key_id="a", aws_secret_access_key="b", region_name="us-east-1",
+        aws_client_parameters={"endpoint_url": moto_reset},
+    ).save("moto-no-bucket", overwrite=True)  # fmt: skip
+    cluster = CortexCluster(package_store="s3://no-such-bucket/p", aws_credentials="moto-no-bucket")
+    assert _store_attempts(cluster, tmp_path) == ("FAILED", 1)
+
+
+def test_block_registration_and_block_documents(prefect_api, local_cluster):
+    env = {"PREFECT_API_URL": prefect_api}
+    registered = run_command([sys.executable, "-m", "prefect", "block", "register", "-m", "cortex_flows"], env)
+    assert registered.returncode == 0, registered.stderr
+    assert "cortex-cluster" in registered.stdout.replace("\n", "") or "Cortex Cluster" in registered.stdout
+    saved = cli("blocks", "save", "blocks/local-default.yaml", env=env)
+    assert saved.returncode == 0, saved.stderr
+    assert CortexCluster.load("local-default").backend == "local"
+
+
+def test_deploy_run_is_named_for_its_apis_and_revisions(prefect_api, local_cluster, tmp_path):
+    from cortex_flows.flows.deploy import deploy
+
+    state = deploy(path=str(example_project(tmp_path)), return_state=True)
+
+    async def name():
+        async with get_client() as client:
+            return (await client.read_flow_run(state.state_details.flow_run_id)).name
+
+    assert asyncio.run(name()) == "deploy iris-classifier r1"
