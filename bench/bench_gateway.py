@@ -96,6 +96,32 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> 
     raise RuntimeError(f"nothing listening on port {port} after {timeout} s")
 
 
+def wait_ready(port: int, timeout: float = 30.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"http://127.0.0.1:{port}/readyz").status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"replica on port {port} not ready after {timeout} s")
+        time.sleep(0.05)
+
+
+def spawn_replica(port: int) -> subprocess.Popen:
+    """Our real replica serving the iris example's model with the built-in sklearn handler."""
+    import tempfile
+
+    from cortex_flows.serving.config import HandlerRef, ReplicaConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    subprocess.run([sys.executable, str(ROOT / "deployments/iris-classifier/train.py"), "--out", str(tmp / "m.joblib")],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    config = ReplicaConfig(api_name="bench", handler=HandlerRef(type="sklearn"), project_dir=str(tmp),
+                           model_path="m.joblib", max_concurrency=16)  # fmt: skip
+    (tmp / "replica.json").write_text(config.model_dump_json())
+    command = ["-m", "cortex_flows.serving", "--config", str(tmp / "replica.json"), "--port", str(port)]
+    return subprocess.Popen([sys.executable, *command], env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def spawn(*args: str, work_us: float = 0.0) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_WORK_US": str(work_us)}
     return subprocess.Popen([sys.executable, __file__, *args], env=env)
@@ -117,6 +143,7 @@ def main() -> None:
     ap.add_argument("-d", "--duration", type=float, default=5.0, help="seconds per measurement")
     ap.add_argument("-r", "--rounds", type=int, default=2, help="direct/gateway pairs, best of each kept")
     ap.add_argument("--work-us", type=float, default=0.0, help="CPU the upstream burns per request")
+    ap.add_argument("--replica", action="store_true", help="upstream = our replica serving the iris model")
     args = ap.parse_args()
     if args.role == "upstream":
         serve_upstream(args.port)
@@ -126,11 +153,14 @@ def main() -> None:
         return
 
     up_port, gw_port = free_port(), free_port()
-    procs = [spawn("upstream", "--port", str(up_port), work_us=args.work_us)]
+    upstream = spawn_replica(up_port) if args.replica else spawn("upstream", "--port", str(up_port), work_us=args.work_us)
+    procs = [upstream]
     procs.append(spawn("gateway", "--port", str(gw_port), "--upstream", str(up_port)))
     try:
         wait_listening(up_port, procs[0])
         wait_listening(gw_port, procs[1])
+        if args.replica:
+            wait_ready(up_port)
         use_uvloop()
         direct: list[LoadResult] = []
         via: list[LoadResult] = []
@@ -147,7 +177,8 @@ def main() -> None:
 
 def report(d: LoadResult, g: LoadResult, args: argparse.Namespace) -> None:
     print(f"\n{args.connections} connections, {args.duration:.0f} s per run, best of {args.rounds}, "
-          f"upstream work {args.work_us:.0f} us/request, {os.cpu_count()} CPUs shared by all three processes")  # fmt: skip
+          f"upstream: {'our replica, iris model' if args.replica else f'trivial app + {args.work_us:.0f} us/request'}, "
+          f"{os.cpu_count()} CPUs shared by all three processes")  # fmt: skip
     print(f"{'':10} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>8}")
     for name, r in (("direct", d), ("gateway", g)):
         errors = sum(r.errors.values())

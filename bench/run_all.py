@@ -7,9 +7,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("bench_replica.py", "bench_gateway.py", "bench_deploy.py")
+BENCHES = (
+    ["bench_replica.py"],
+    ["bench_gateway.py", "--replica"],  # the real case: our replica serving the iris model
+    ["bench_gateway.py"],  # the worst case: an upstream that does no work at all
+    ["bench_deploy.py"],
+)
 
 if __name__ == "__main__":
-    for name in BENCHES:
-        print(f"\n=== {name} ===", flush=True)
-        subprocess.run([sys.executable, str(HERE / name)], check=False)
+    for name, *args in BENCHES:
+        print(f"\n=== {name} {' '.join(args)} ===", flush=True)
+        subprocess.run([sys.executable, str(HERE / name), *args], check=False)
