@@ -22,6 +22,7 @@ from pathlib import Path
 
 import uvicorn
 
+from cortex_flows.processes import pid_alive
 from cortex_flows.serving.admission import Admission
 from cortex_flows.serving.app import ReplicaApp
 from cortex_flows.serving.config import ReplicaConfig
@@ -169,21 +170,6 @@ class Replica:
         was_our_parent = os.getppid() == pid
         while True:
             await asyncio.sleep(PARENT_POLL_SECONDS)
-            if not _alive(pid) or (was_our_parent and os.getppid() != pid):
+            if not pid_alive(pid) or (was_our_parent and os.getppid() != pid):
                 self.stop(f"parent process {pid} exited")
                 return
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs; a zombie (dead, not yet reaped) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: the kill probe is all we have
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")

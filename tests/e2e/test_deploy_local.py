@@ -57,6 +57,11 @@ def test_deploy_serve_get_delete(prefect_api, local_cluster, tmp_path):
     link = next(a for a in artifacts if a.key == "endpoint-iris-classifier")
     assert url in link.data
 
+    logs = cli("logs", "iris-classifier", env=local_cluster["env"])
+    assert logs.returncode == 0 and "iris-classifier-r1" in logs.stdout
+    info = json.loads(cli("cluster", "info", "-o", "json", env=local_cluster["env"]).stdout)
+    assert (info["running"], info["apis"], info["gateway"]) == (True, 1, local_cluster["gateway"])
+
     replicas = serving_pids(local_cluster["home"].root)
     assert len(replicas) == 1
     deleted = cli("delete", "iris-classifier", env={**local_cluster["env"], "PREFECT_API_URL": prefect_api})

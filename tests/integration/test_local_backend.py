@@ -196,3 +196,27 @@ def test_package_escaping_its_directory_is_refused(backend, local_cluster, tmp_p
     run(backend.apply_version("evil", version_spec(evil, PackageRef(uri=archive.as_uri(), sha256=sha), 1), 1))
     assert "unsafe package member" in _crash_reason(backend, "evil")
     assert not (backend.home.cache / "escaped.txt").exists() and not (backend.home.root / "escaped.txt").exists()
+
+
+def test_two_agents_with_their_own_homes_and_ports_coexist(tmp_path, local_cluster):
+    from cortex_flows.backends.local.client import stop_agent
+    from cortex_flows.backends.local.home import LocalHome
+    from tests.conftest import free_port
+
+    other = LocalHome(tmp_path / "other-home")
+    other_port = free_port()
+    start_agent(local_cluster["home"], local_cluster["port"])
+    start_agent(other, other_port)
+    try:
+        first = LocalBackend(local_cluster["home"], local_cluster["port"])
+        second = LocalBackend(other, other_port)
+        for backend, tag in ((first, "one"), (second, "two")):
+            api = make_project(tmp_path / tag, "same-name", tag=tag)
+            package = stored(tmp_path / tag, LocalStore(backend.home.packages), tmp_path / f"b-{tag}")
+            run(backend.apply_version("same-name", version_spec(api, package, 1), 1))
+            wait_ready(backend, "same-name", 1)
+        assert httpx.post(f"{local_cluster['gateway']}/same-name", json={}).json()["tag"] == "one"
+        assert httpx.post(f"http://127.0.0.1:{other_port}/same-name", json={}).json()["tag"] == "two"
+    finally:
+        stop_agent(other, timeout=20)
+    assert httpx.post(f"{local_cluster['gateway']}/same-name", json={}).json()["tag"] == "one"

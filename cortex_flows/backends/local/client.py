@@ -22,33 +22,18 @@ from cortex_flows.backends.base import (
 )
 from cortex_flows.backends.local.home import AgentInfo, LocalHome, default_gateway_port
 from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS
+from cortex_flows.processes import pid_alive
 
 AGENT_START_TIMEOUT = 30.0
 # Removing a version drains its replicas, bounded by their grace period, so allow for that.
 MUTATION_TIMEOUT = DEFAULT_GRACE_SECONDS * 2 + 30
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while the process exists; reaps it first if it is our own exited child (a zombie)."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_agent(home: LocalHome) -> AgentInfo | None:
     """The agent serving this home, if one is up and answering."""
     info = home.read_info()
     token = home.token()
-    if info is None or token is None or not _pid_alive(info.pid):
+    if info is None or token is None or not pid_alive(info.pid):
         return None
     try:
         resp = httpx.get(f"{info.control_url}/v1/info", headers=_auth(token), timeout=2.0)
@@ -95,13 +80,13 @@ def _spawn_agent(home: LocalHome, gateway_port: int | None) -> AgentInfo:
 def stop_agent(home: LocalHome, timeout: float = DEFAULT_GRACE_SECONDS + 10) -> bool:
     """Stop the agent gracefully (replicas drain); False if none was running."""
     info = home.read_info()
-    if info is None or not _pid_alive(info.pid):
+    if info is None or not pid_alive(info.pid):
         return False
     os.kill(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid_alive(info.pid) and time.monotonic() < deadline:
+    while pid_alive(info.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _pid_alive(info.pid):
+    if pid_alive(info.pid):
         os.kill(info.pid, signal.SIGKILL)
     return True
 
