@@ -1,16 +1,20 @@
 """The `cortex.yaml` spec: pydantic models, loading with clear errors, and spec identity hashes.
 
+Specs written for Cortex's predictor and handler eras load too (`legacy`); `migrate_spec` rewrites them.
+
 Pure: no Prefect, and no I/O beyond reading the spec file and checking that the files it names exist.
 """
 
 from cortex_flows.spec.errors import SPEC_ERROR_EXIT, Problem, SpecError
 from cortex_flows.spec.identity import pod_hash, spec_hash
 from cortex_flows.spec.load import SPEC_FILE_NAME, load_spec, parse_spec
+from cortex_flows.spec.migrate import migrate_spec
 from cortex_flows.spec.models import (
     API_KINDS,
     ApiSpec,
     Autoscaling,
     Compute,
+    Dependencies,
     HandlerSpec,
     Networking,
     Pod,
@@ -27,6 +31,7 @@ __all__ = [
     "ApiSpec",
     "Autoscaling",
     "Compute",
+    "Dependencies",
     "HandlerSpec",
     "Networking",
     "Pod",
@@ -36,6 +41,7 @@ __all__ = [
     "SpecError",
     "UpdateStrategy",
     "load_spec",
+    "migrate_spec",
     "parse_spec",
     "percent_or_int",
     "pod_hash",

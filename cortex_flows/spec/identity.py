@@ -3,7 +3,9 @@
 `pod_hash` covers what a replica is built from (package, handler, model, config, resources, admission);
 `spec_hash` adds what the control plane applies without restarting replicas (autoscaling, update
 strategy, networking). Both hash canonical JSON of validated models, whose defaults are already resolved,
-so writing a default explicitly, omitting it, or reordering YAML keys never changes a hash.
+so writing a default explicitly, omitting it, or reordering YAML keys never changes a hash. Fields added
+after the first release (`ADDED_POD_FIELDS`) enter the identity only when they differ from their default,
+so upgrading cortex-flows does not change the hashes of APIs that do not use them (and roll their pods).
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import hashlib
 import json
 from typing import Any
 
-from cortex_flows.spec.models import ApiSpec, Compute
+from cortex_flows.spec.models import ApiSpec, Compute, Dependencies
 
-POD_FIELDS = ("handler", "model_path", "config", "compute", "pod")
+POD_FIELDS = ("handler", "model_path", "config", "env", "dependencies", "compute", "pod")
+# Dotted paths of fields added since the first release -> their defaults (as dumped to JSON)
+ADDED_POD_FIELDS = {"env": {}, "dependencies": Dependencies().model_dump(mode="json"), "handler.python_path": None}
 SPEC_FIELDS = ("autoscaling", "update_strategy", "networking")
 HASH_LENGTH = 32  # hex characters, as Cortex truncates its spec ids
 
 
 def pod_hash(api: ApiSpec, package_id: str) -> str:
     """Changes exactly when running replicas must be replaced."""
-    identity = api.model_dump(mode="json", include={"name", "kind", *POD_FIELDS})
+    identity = _without_added_defaults(api.model_dump(mode="json", include={"name", "kind", *POD_FIELDS}))
     identity["compute"] = _compute_identity(api.compute)
     identity["package_id"] = package_id
     return _digest(identity)
@@ -32,6 +36,17 @@ def spec_hash(api: ApiSpec, package_id: str) -> str:
     identity = api.model_dump(mode="json", include=set(SPEC_FIELDS))
     identity["pod_hash"] = pod_hash(api, package_id)
     return _digest(identity)
+
+
+def _without_added_defaults(identity: dict[str, Any]) -> dict[str, Any]:
+    for path, default in ADDED_POD_FIELDS.items():
+        *parents, name = path.split(".")
+        parent = identity
+        for key in parents:
+            parent = parent[key]
+        if parent[name] == default:
+            del parent[name]
+    return identity
 
 
 def _compute_identity(compute: Compute) -> dict[str, int | None]:

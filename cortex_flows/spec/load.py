@@ -1,15 +1,18 @@
 """Read `cortex.yaml`, validate every API, and turn all problems into one `SpecError`.
 
 Each API is validated on its own (after dispatching on `kind`), so one bad API does not hide another's
-problems; pydantic's errors are rewritten into messages that say what is allowed.
+problems; pydantic's errors are rewritten into messages that say what is allowed. An API written for an
+older Cortex (see `legacy`) is validated against that era's schema and converted to a native one.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -17,11 +20,13 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from cortex_flows.spec.errors import Problem, SpecError, describe_value
+from cortex_flows.spec.legacy import LEGACY_MODELS, Era, convert, legacy_era
 from cortex_flows.spec.models import (
     API_KINDS,
     ISSUES_ERROR,
     ApiSpec,
     ProjectSpec,
+    RealtimeAPI,
     is_api_name,
     validation_context,
 )
@@ -45,10 +50,16 @@ _BOUND_SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 def load_spec(path: str | Path) -> ProjectSpec:
     """Load a project's spec; `path` is the project directory (holding cortex.yaml) or the file itself."""
+    file, text = read_spec_file(path)
+    return parse_spec(text, file, file.parent)
+
+
+def read_spec_file(path: str | Path) -> tuple[Path, str]:
+    """The spec file `path` names (a project directory or the file itself) and its text."""
     path = Path(path)
     file = path / SPEC_FILE_NAME if path.is_dir() else path
     try:
-        text = file.read_text(encoding="utf-8")
+        return file, file.read_text(encoding="utf-8")
     except FileNotFoundError:
         message = f"file not found; expected a project directory holding {SPEC_FILE_NAME}, or the spec file"
         raise SpecError(file, [Problem("", message)]) from None
@@ -56,25 +67,47 @@ def load_spec(path: str | Path) -> ProjectSpec:
         raise SpecError(file, [Problem("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
     except OSError as exc:
         raise SpecError(file, [Problem("", f"cannot read the file: {exc.strerror}")]) from None
-    return parse_spec(text, file, file.parent)
 
 
 def parse_spec(text: str, file: Path, project_dir: Path) -> ProjectSpec:
     """Validate spec text; `file` names it in errors, `project_dir` is where referenced files must be."""
+    read = read_apis(text, file, project_dir)
+    return ProjectSpec(
+        file=file.resolve(),
+        project_dir=project_dir.resolve(),
+        apis=[item.api for item in read],
+        notices=[notice for item in read for notice in item.notices],
+    )
+
+
+@dataclass(frozen=True)
+class ReadApi:
+    """One validated API, with the native mapping it was validated from and what loading it noted.
+
+    `native` is the item as written for a native API, the converted mapping for a Cortex-era one.
+    """
+
+    api: ApiSpec
+    native: dict[str, Any]
+    notices: list[Problem]
+
+
+def read_apis(text: str, file: Path, project_dir: Path) -> list[ReadApi]:
+    """Validate spec text as `parse_spec` does (raising the same `SpecError`), keeping each API's source."""
     items = _api_items(_load_yaml(text, file), file)
     prefixes = _prefixes(items)
     context = validation_context(project_dir)
-    apis: list[tuple[str, ApiSpec]] = []
+    read: list[tuple[str, ReadApi]] = []
     problems = _duplicate_names(items)
     for item, prefix in zip(items, prefixes, strict=True):
         api, item_problems = _validate_api(item, prefix, context)
         problems += item_problems
         if api is not None:
-            apis.append((prefix, api))
-    problems += _duplicate_endpoints(apis)
+            read.append((prefix, api))
+    problems += _duplicate_endpoints([(prefix, item.api) for prefix, item in read])
     if problems:
         raise SpecError(file, problems)
-    return ProjectSpec(file=file.resolve(), project_dir=project_dir.resolve(), apis=[api for _, api in apis])
+    return [item for _, item in read]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -162,27 +195,60 @@ def _duplicate_endpoints(apis: list[tuple[str, ApiSpec]]) -> list[Problem]:
     return problems
 
 
-def _validate_api(item: Any, prefix: str, context: dict[str, Path]) -> tuple[ApiSpec | None, list[Problem]]:
+def _validate_api(item: Any, prefix: str, context: dict[str, Path]) -> tuple[ReadApi | None, list[Problem]]:
     if not isinstance(item, dict):
         message = f"expected a mapping with the API's fields (name, kind, ...), got {describe_value(item)}"
         return None, [Problem(prefix, message)]
     kind = item.get("kind")
     model = API_KINDS.get(kind) if isinstance(kind, str) else None
+    era = legacy_era(item)
+    if era is not None and (model is not None or "kind" not in item):  # Cortex-era specs may omit kind
+        return _validate_legacy(item, era, prefix, context)
     if model is None:
         allowed = ", ".join(API_KINDS)
         got = "is required" if "kind" not in item else f"unknown kind {describe_value(kind)}"
         return None, [Problem(f"{prefix}.kind", f"{got}; allowed kinds: {allowed}")]
     try:
-        return model.model_validate(item, context=context), []
+        return ReadApi(model.model_validate(item, context=context), item, []), []
     except ValidationError as exc:
         return None, _translate(exc, model, prefix)
+
+
+def _validate_legacy(
+    item: dict[str, Any], era: Era, prefix: str, context: dict[str, Path]
+) -> tuple[ReadApi | None, list[Problem]]:
+    """Validate against the historical schema, convert, and validate the result as a native API.
+
+    Problems are reported at the fields as the user wrote them, also those the native model finds.
+    """
+    legacy_model = LEGACY_MODELS[era]
+    try:
+        legacy = legacy_model.model_validate(item, context=context)
+    except ValidationError as exc:
+        return None, _translate(exc, legacy_model, prefix)
+    conversion = convert(legacy, context.get("project_dir"))
+    try:
+        api = RealtimeAPI.model_validate(conversion.native, context=context)
+    except ValidationError as exc:
+        problems = _translate(exc, RealtimeAPI, "")
+        return None, [Problem(_join(prefix, conversion.legacy_path(p.path)), p.message) for p in problems]
+    notices = [Problem(_join(prefix, path), message) for path, message in conversion.notices]
+    return ReadApi(api, conversion.native, notices), []
+
+
+def _join(prefix: str, path: str) -> str:
+    return f"{prefix}{path}" if not path or path.startswith("[") else f"{prefix}.{path}"
 
 
 def _translate(exc: ValidationError, model: type[BaseModel], prefix: str) -> list[Problem]:
     problems = []
     for error in exc.errors(include_url=False):
         loc = error["loc"]
-        if error["type"] == ISSUES_ERROR:
+        if loc[-1:] == ("[key]",):  # a mapping's key (YAML keys may be numbers or booleans): name it
+            key = describe_value(error["input"])
+            message = f"keys must be strings, got {key} (quote it)"
+            problems.append(Problem(_path(prefix, (*loc[:-2], key)), message))
+        elif error["type"] == ISSUES_ERROR:
             for field, message in error["ctx"]["issues"]:
                 problems.append(Problem(_path(prefix, (*loc, *field.split("."))), message))
         else:
@@ -196,7 +262,7 @@ def _path(prefix: str, loc: tuple[str | int, ...]) -> str:
         if isinstance(part, int):
             path += f"[{part}]"
         elif part:
-            path += f".{part}"
+            path += f".{part}" if path else part
     return path
 
 
@@ -226,11 +292,19 @@ def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseMo
     """The nested model class a location points into (our models nest models directly, never in lists)."""
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        nested = _nested_model(field.annotation if field else None)
+        if nested is None:
             return None
-        model = annotation
+        model = nested
     return model
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, also when it may be null (`Model | None`)."""
+    if get_origin(annotation) in (Union, UnionType):
+        models = [arg for arg in get_args(annotation) if arg is not type(None)]
+        annotation = models[0] if len(models) == 1 else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 def _field_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> FieldInfo | None:

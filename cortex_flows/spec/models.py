@@ -8,6 +8,7 @@ Filesystem checks run only when validation gets a project directory (see `valida
 
 from __future__ import annotations
 
+import dataclasses
 import keyword
 import posixpath
 import re
@@ -27,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from cortex_flows.spec.errors import Problem
 from cortex_flows.spec.quantities import (
     check_cpu,
     check_duration,
@@ -41,6 +43,8 @@ from cortex_flows.spec.quantities import (
 
 MAX_API_NAME_LENGTH = 42
 DEFAULT_CLASS_NAME = "Handler"
+DEFAULT_REQUIREMENTS = "requirements.txt"
+RESERVED_ENV_PREFIX = "CORTEX_"  # Cortex reserves these for the values it sets in every replica
 MAX_POD_REQUESTS = 30000  # Cortex's cap on max_concurrency and max_queue_length
 AUTOSCALING_TICK_SECONDS = 10
 ISSUES_ERROR = "spec_issues"  # pydantic error type carrying cross-field problems, each with its own field
@@ -48,6 +52,7 @@ ISSUES_ERROR = "spec_issues"  # pydantic error type carrying cross-field problem
 _API_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _ENDPOINT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 _S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 Duration = Annotated[str, BeforeValidator(check_duration)]
 CpuQuantity = Annotated[str, BeforeValidator(check_cpu)]
@@ -136,12 +141,16 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
+_PYTHON_ONLY_DEFAULTS = (("path", None), ("class_name", DEFAULT_CLASS_NAME), ("python_path", None))
+
+
 class HandlerSpec(SpecModel):
     """Which code answers requests: the user's handler class in a file, or a built-in handler."""
 
     type: Literal["python", "sklearn"]
     path: str | None = None  # python: the .py file, relative to the project
     class_name: str = DEFAULT_CLASS_NAME  # python only
+    python_path: str | None = None  # python only: a project directory replicas add to sys.path
 
     @field_validator("path")
     @classmethod
@@ -150,6 +159,13 @@ class HandlerSpec(SpecModel):
             _check_project_path(value, info, want_file=True)
             if not value.endswith(".py"):
                 raise ValueError(f"must be a Python file ending in '.py', got {value!r}")
+        return value
+
+    @field_validator("python_path")
+    @classmethod
+    def _python_path_in_project(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            _check_project_path(value, info, want_file=False)
         return value
 
     @field_validator("class_name")
@@ -168,11 +184,38 @@ class HandlerSpec(SpecModel):
             # Compared with the defaults, not "was it written", so a model dump validates again.
             issues += [
                 (field, "not allowed for handler type 'sklearn' (the built-in handler serves model_path)")
-                for field, default in (("path", None), ("class_name", DEFAULT_CLASS_NAME))
+                for field, default in _PYTHON_ONLY_DEFAULTS
                 if getattr(self, field) != default
             ]
         _reject(issues)
         return self
+
+
+class Dependencies(SpecModel):
+    """What replicas install before loading the handler: a pip requirements file in the project."""
+
+    pip: str = DEFAULT_REQUIREMENTS  # the default may be absent (no dependencies); another file must exist
+
+    @field_validator("pip")
+    @classmethod
+    def _requirements_in_project(cls, value: str, info: ValidationInfo) -> str:
+        # Compared with the default, not "was it written", so a model dump validates again.
+        if value != DEFAULT_REQUIREMENTS:
+            _check_project_path(value, info, want_file=True)
+        return value
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    issues = []
+    for name in env:
+        if not _ENV_NAME.fullmatch(name):
+            message = "must be letters, digits and '_', not starting with a digit"
+            issues.append((name, f"invalid environment variable name {name!r}: {message}"))
+        elif name.startswith(RESERVED_ENV_PREFIX):
+            reserved = f"names starting with {RESERVED_ENV_PREFIX} are reserved (cortex-flows sets them)"
+            issues.append((name, f"{reserved}, got {name!r}"))
+    _reject(issues)
+    return env
 
 
 class Compute(SpecModel):
@@ -285,6 +328,8 @@ class RealtimeAPI(SpecModel):
     handler: HandlerSpec
     model_path: str | None = None  # relative to the project, or s3://bucket/key
     config: dict[str, Any] = Field(default_factory=dict)  # passed to the handler's constructor
+    env: Annotated[dict[str, str], AfterValidator(_check_env)] = Field(default_factory=dict)  # for replicas
+    dependencies: Dependencies = Field(default_factory=Dependencies)
     compute: Compute = Field(default_factory=Compute)
     pod: Pod = Field(default_factory=Pod)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
@@ -351,3 +396,5 @@ class ProjectSpec:
     file: Path
     project_dir: Path
     apis: list[ApiSpec]
+    # What loading noted without failing (a Cortex-era spec, fields dropped as not applicable), paths as in errors
+    notices: list[Problem] = dataclasses.field(default_factory=list)

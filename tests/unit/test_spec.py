@@ -100,9 +100,11 @@ def test_minimal_spec_gets_every_cortex_default(project: Path) -> None:
         {
             "name": "iris",
             "kind": "RealtimeAPI",
-            "handler": {"type": "python", "path": "handler.py", "class_name": "Handler"},
+            "handler": {"type": "python", "path": "handler.py", "class_name": "Handler", "python_path": None},
             "model_path": None,
             "config": {},
+            "env": {},
+            "dependencies": {"pip": "requirements.txt"},
             "compute": {"cpu": "200m", "gpu": 0, "mem": None},
             "pod": {"max_concurrency": 1, "max_queue_length": 100},
             "autoscaling": {
@@ -182,7 +184,7 @@ def test_stabilization_durations(project: Path, written: object, canonical: str,
 @pytest.mark.parametrize(
     ("written", "text", "millicores"),
     [("500m", "500m", 500), (1, "1", 1000), (0.5, "0.5", 500), ("1.5", "1.5", 1500), ("20m", "20m", 20),
-     ("0.0201", "0.0201", 21)],
+     ("0.0201", "0.0201", 21), (0.2, "0.2", 200), (0.25, "0.25", 250)],
 )  # fmt: skip
 def test_cpu_quantities(project: Path, written: object, text: str, millicores: int) -> None:
     compute = api(project, compute={"cpu": written}).compute
@@ -192,7 +194,7 @@ def test_cpu_quantities(project: Path, written: object, text: str, millicores: i
 @pytest.mark.parametrize(
     ("written", "text", "size"),
     [("512Mi", "512Mi", 512 * 2**20), ("1Gi", "1Gi", 2**30), ("1G", "1G", 10**9), ("1.5Gi", "1.5Gi", 3 * 2**29),
-     (21 * 2**20, str(21 * 2**20), 21 * 2**20), ("20Mi", "20Mi", 20 * 2**20)],
+     (21 * 2**20, str(21 * 2**20), 21 * 2**20), ("20Mi", "20Mi", 20 * 2**20), ("200M", "200M", 200 * 10**6)],
 )  # fmt: skip
 def test_memory_quantities(project: Path, written: object, text: str, size: int) -> None:
     compute = api(project, compute={"mem": written}).compute
@@ -223,6 +225,30 @@ def test_handler_path_in_a_subdirectory(project: Path) -> None:
     assert api(project, handler={"path": "src/../src/serve.py"}).handler.path == "src/../src/serve.py"
 
 
+def test_env_python_path_and_dependencies(project: Path) -> None:
+    (project / "src" / "lib").mkdir(parents=True)
+    (project / "requirements-serving.txt").write_text("scikit-learn\n")
+    a = api(
+        project,
+        env={"LOG_FORMAT": "json", "_PRIVATE": "", "threads2": "4", "cortex_lower": "allowed"},
+        handler={"python_path": "src/lib"},
+        dependencies={"pip": "requirements-serving.txt"},
+    )
+    assert a.env == {"LOG_FORMAT": "json", "_PRIVATE": "", "threads2": "4", "cortex_lower": "allowed"}
+    assert (a.handler.python_path, a.dependencies.pip) == ("src/lib", "requirements-serving.txt")
+
+
+def test_default_requirements_file_may_be_absent(project: Path) -> None:
+    assert not (project / "requirements.txt").exists()
+    assert api(project).dependencies.pip == "requirements.txt"
+    assert api(project, dependencies={"pip": "requirements.txt"}).dependencies.pip == "requirements.txt"
+    assert api(project, dependencies={}).dependencies.pip == "requirements.txt"
+
+
+def test_python_path_may_be_the_project_itself(project: Path) -> None:
+    assert api(project, handler={"python_path": "."}).handler.python_path == "."
+
+
 def test_several_apis(project: Path) -> None:
     spec = parse_apis(project, BASE, merged(BASE, {"name": "iris-v2"}))
     assert [(a.name, a.endpoint) for a in spec.apis] == [("iris", "/iris"), ("iris-v2", "/iris-v2")]
@@ -241,11 +267,12 @@ FAILURES = [
     # kind and unknown fields
     ({"kind": DELETE}, "iris.kind", "is required; allowed kinds: RealtimeAPI"),
     ({"kind": "BatchAPI"}, "iris.kind", "unknown kind 'BatchAPI'; allowed kinds: RealtimeAPI"),
-    ({"replicas": 3}, "iris.replicas", "unknown field 'replicas'; allowed: name, kind, handler, model_path, config, compute, pod, autoscaling, update_strategy, networking"),
-    ({"predictor": {}}, "iris.predictor", "unknown field 'predictor'"),
+    ({"replicas": 3}, "iris.replicas", "unknown field 'replicas'; allowed: name, kind, handler, model_path, config, env, dependencies, compute, pod, autoscaling, update_strategy, networking"),
+    ({"predictor": {}}, "iris.handler", "unknown field 'handler'"),  # a predictor-era API, which has no handler
     # handler
     ({"handler": "handler.py"}, "iris.handler", "expected a mapping, got 'handler.py'"),
-    ({"handler": {"type": "tensorflow"}}, "iris.handler.type", "expected 'python' or 'sklearn', got 'tensorflow'"),
+    ({"handler": {"type": "pytorch"}}, "iris.handler.type", "expected 'python' or 'sklearn', got 'pytorch'"),
+    ({"handler": {"type": "tensorflow"}}, "iris.handler.type", "type 'tensorflow' is not supported by cortex-flows"),  # handler era
     ({"handler": {"type": DELETE}}, "iris.handler.type", "is required; allowed: 'python', 'sklearn'"),
     ({"handler": {"path": DELETE}}, "iris.handler.path", "is required for handler type 'python'"),
     ({"handler": {"path": "nope.py"}}, "iris.handler.path", "file 'nope.py' not found in the project directory"),
@@ -257,7 +284,12 @@ FAILURES = [
     ({"handler": {"path": "model.joblib"}}, "iris.handler.path", "must be a Python file ending in '.py'"),
     ({"handler": {"class_name": "1st"}}, "iris.handler.class_name", "must be a Python class name, got '1st'"),
     ({"handler": {"class_name": "class"}}, "iris.handler.class_name", "must be a Python class name"),
-    ({"handler": {"clas_name": "H"}}, "iris.handler.clas_name", "unknown field 'clas_name' (did you mean 'class_name'?); allowed: type, path, class_name"),
+    ({"handler": {"clas_name": "H"}}, "iris.handler.clas_name", "unknown field 'clas_name' (did you mean 'class_name'?); allowed: type, path, class_name, python_path"),
+    ({"handler": {"python_path": "../outside"}}, "iris.handler.python_path", "must stay inside the project directory, got '../outside'"),
+    ({"handler": {"python_path": "src"}}, "iris.handler.python_path", "path 'src' not found in the project directory"),
+    ({"handler": {"python_path": "/usr/lib"}}, "iris.handler.python_path", "must be a path relative to the project directory"),
+    ({"handler": {"python_path": 3}}, "iris.handler.python_path", "expected a string, got 3"),
+    ({"handler": {"type": "sklearn", "path": DELETE, "python_path": "models"}, "model_path": "model.joblib"}, "iris.handler.python_path", "not allowed for handler type 'sklearn'"),
     ({"handler": {"type": "sklearn"}, "model_path": "model.joblib"}, "iris.handler.path", "not allowed for handler type 'sklearn'"),
     ({"handler": {"type": "sklearn", "path": DELETE, "class_name": "X"}, "model_path": "model.joblib"}, "iris.handler.class_name", "not allowed for handler type 'sklearn'"),
     ({"handler": {"type": "sklearn", "path": DELETE}}, "iris.model_path", "is required for handler type 'sklearn'"),
@@ -269,6 +301,22 @@ FAILURES = [
     ({"model_path": "s3://bucket"}, "iris.model_path", "must be s3://<bucket>/<key>"),
     ({"config": ["a"]}, "iris.config", "expected a mapping, got a list"),
     ({"config": None}, "iris.config", "expected a mapping, got null"),
+    ({"config": {1: "a"}}, "iris.config.1", "keys must be strings, got 1 (quote it)"),
+    # env and dependencies
+    ({"env": {"MY-VAR": "1"}}, "iris.env.MY-VAR", "invalid environment variable name 'MY-VAR': must be letters, digits and '_', not starting with a digit"),
+    ({"env": {"1ST": "1"}}, "iris.env.1ST", "invalid environment variable name '1ST'"),
+    ({"env": {"": "1"}}, "iris.env", "invalid environment variable name ''"),
+    ({"env": {"CORTEX_PORT": "1"}}, "iris.env.CORTEX_PORT", "names starting with CORTEX_ are reserved (cortex-flows sets them), got 'CORTEX_PORT'"),
+    ({"env": {"WORKERS": 4}}, "iris.env.WORKERS", "expected a string, got 4"),
+    ({"env": {"DEBUG": True}}, "iris.env.DEBUG", "expected a string, got true (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)"),
+    ({"env": {False: "x"}}, "iris.env.false", "keys must be strings, got false (quote it)"),
+    ({"env": ["A=1"]}, "iris.env", "expected a mapping, got a list"),
+    ({"dependencies": {"pip": "reqs/prod.txt"}}, "iris.dependencies.pip", "file 'reqs/prod.txt' not found in the project directory"),
+    ({"dependencies": {"pip": "../outside/evil.py"}}, "iris.dependencies.pip", "must stay inside the project directory"),
+    ({"dependencies": {"pip": ""}}, "iris.dependencies.pip", "must not be empty"),
+    ({"dependencies": {"pip": "models"}}, "iris.dependencies.pip", "file 'models' not found"),
+    ({"dependencies": {"conda": "conda-packages.txt"}}, "iris.dependencies.conda", "unknown field 'conda'; allowed: pip"),
+    ({"dependencies": "requirements.txt"}, "iris.dependencies", "expected a mapping, got 'requirements.txt'"),
     # compute
     ({"compute": {"cpu": "10m"}}, "iris.compute.cpu", "must be at least 20m (0.02 CPU), got '10m'"),
     ({"compute": {"cpu": 0.01}}, "iris.compute.cpu", "must be at least 20m"),
@@ -280,6 +328,7 @@ FAILURES = [
     ({"compute": {"mem": "10Mi"}}, "iris.compute.mem", "must be at least 20Mi, got '10Mi'"),
     ({"compute": {"mem": "1GB"}}, "iris.compute.mem", "expected a memory quantity: bytes with an optional suffix Ki, Mi"),
     ({"compute": {"inf": 1}}, "iris.compute.inf", "unknown field 'inf'; allowed: cpu, gpu, mem"),
+    ({"compute": {"node_groups": ["a"]}}, "iris.compute.node_groups", "unknown field 'node_groups'; allowed: cpu, gpu, mem"),
     # pod
     ({"pod": {"max_concurrency": 0}}, "iris.pod.max_concurrency", "must be > 0 and <= 30000, got 0"),
     ({"pod": {"max_concurrency": 30001}}, "iris.pod.max_concurrency", "must be > 0 and <= 30000, got 30001"),
@@ -325,7 +374,7 @@ FAILURES = [
     ({"networking": {"endpoint": "/a/../b"}}, "iris.networking.endpoint", "must not contain '.' or '..' segments"),
     ({"networking": {"endpoint": "/iris?v=2"}}, "iris.networking.endpoint", "without a query ('?') or fragment ('#')"),
     ({"networking": {"endpoint": "/ir is"}}, "iris.networking.endpoint", "may only contain letters, digits, '-', '.', '_' and '~' between '/' separators, got '/ir is'"),
-    ({"networking": {"api_gateway": "public"}}, "iris.networking.api_gateway", "unknown field 'api_gateway'; allowed: endpoint"),
+    ({"networking": {"endpont": "/x"}}, "iris.networking.endpont", "unknown field 'endpont' (did you mean 'endpoint'?); allowed: endpoint"),
 ]  # fmt: skip
 
 
@@ -468,7 +517,9 @@ def test_models_validate_without_a_project_but_skip_file_checks() -> None:
 
 def test_a_dump_validates_back_to_the_same_api(project: Path) -> None:
     sklearn = {"handler": {"type": "sklearn", "path": DELETE}, "model_path": "model.joblib"}
-    for a in (api(project), api(project, **sklearn)):
+    (project / "reqs.txt").write_text("")
+    extras = {"env": {"A": "1"}, "handler": {"python_path": "models"}, "dependencies": {"pip": "reqs.txt"}}
+    for a in (api(project), api(project, **sklearn), api(project, **extras)):
         again = RealtimeAPI.model_validate(a.model_dump(mode="json"))
         assert again == a
         assert spec_hash(again, PACKAGE) == spec_hash(a, PACKAGE)
@@ -502,8 +553,10 @@ def test_percent_or_int(value: int | str, total: int, round_up: bool, expected: 
 EXPLICIT_DEFAULTS = merged(
     BASE,
     {
-        "handler": {"class_name": "Handler"},
+        "handler": {"class_name": "Handler", "python_path": None},
         "config": {},
+        "env": {},
+        "dependencies": {"pip": "requirements.txt"},
         "compute": {"cpu": "200m", "gpu": 0, "mem": None},
         "pod": {"max_concurrency": 1, "max_queue_length": 100},
         "autoscaling": {
@@ -562,7 +615,8 @@ def test_control_plane_changes_keep_the_pod(project: Path, overrides: dict[str, 
     "overrides",
     [{"config": {"threshold": 0.5}}, {"compute": {"cpu": 1}}, {"compute": {"mem": "1Gi"}}, {"compute": {"gpu": 1}},
      {"pod": {"max_concurrency": 2}}, {"pod": {"max_queue_length": 10}}, {"model_path": "model.joblib"},
-     {"handler": {"class_name": "Other"}}],
+     {"handler": {"class_name": "Other"}}, {"env": {"A": "1"}}, {"handler": {"python_path": "models"}},
+     {"dependencies": {"pip": "model.joblib"}}],
 )  # fmt: skip
 def test_pod_changes_change_both_hashes(project: Path, overrides: dict[str, Any]) -> None:
     before, after = hashes(api(project)), hashes(api(project, **overrides))
@@ -573,6 +627,12 @@ def test_pod_changes_change_both_hashes(project: Path, overrides: dict[str, Any]
 def test_package_change_changes_both_hashes(project: Path) -> None:
     a = api(project)
     assert all(x != y for x, y in zip(hashes(a), hashes(a, "b" * 64), strict=True))
+
+
+def test_fields_added_later_keep_the_hashes_of_apis_that_do_not_use_them(project: Path) -> None:
+    """Hashes of a spec without env, python_path and dependencies, as computed before those fields existed:
+    upgrading cortex-flows must not roll the replicas of running APIs."""
+    assert hashes(api(project)) == ("cbffdadee3a4cfbb43e8c2d7ddc30761", "755e51081af5b0359fc008f48147b5c3")
 
 
 def test_every_field_belongs_to_an_identity() -> None:
