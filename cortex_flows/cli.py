@@ -59,14 +59,19 @@ def _status_json(status: ApiStatus, backend: LocalBackend) -> dict[str, Any]:
     return data
 
 
+def _invalid_spec(exc: Exception) -> int:
+    """Print every spec problem as written (no rich markup) and exit as usage errors do."""
+    err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+    return EXIT_USAGE
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from cortex_flows.spec import SpecError, load_spec
 
     try:
         project = load_spec(args.path)
     except SpecError as exc:
-        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
-        return EXIT_USAGE
+        return _invalid_spec(exc)
     err.print(f"deploying {', '.join(a.name for a in project.apis)} from {project.file} ...", highlight=False)
     _quiet_temporary_server()
     from cortex_flows.flows.deploy import deploy
@@ -80,6 +85,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for name, url in endpoints.items():
         out.print(f"{name}: {url}", highlight=False)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from cortex_flows.spec import SpecError, migrate_spec
+
+    try:
+        text = migrate_spec(args.path)
+    except SpecError as exc:
+        return _invalid_spec(exc)
+    sys.stdout.write(text)
     return 0
 
 
@@ -205,6 +221,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=600.0, help="seconds a new version may take to get ready")
     d.add_argument("--smoke-payload", help="JSON body the smoke test POSTs to each API")
     d.set_defaults(fn=cmd_deploy)
+
+    m = sub.add_parser("migrate", help="print the native cortex.yaml equivalent to a Cortex project's spec")
+    m.add_argument("path", nargs="?", default=".", help="project directory or spec file (default: .)")
+    m.set_defaults(fn=cmd_migrate)
 
     g = sub.add_parser("get", help="status of all APIs, or one API with its versions and history")
     g.add_argument("name", nargs="?")

@@ -72,3 +72,28 @@ def run_command(args: list[str], env: dict[str, str], timeout: float = 120) -> s
         args, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, check=False,
         cwd=ROOT,
     )  # fmt: skip
+
+
+def make_wheel(directory: Path, name: str, version: str, module_source: str) -> Path:
+    """Write a pure-Python wheel holding one module `name`, so pip installs it with no index or network."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": module_source,
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{dist_info}/RECORD"] = "\n".join([*record, f"{dist_info}/RECORD,,"]) + "\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel

@@ -120,6 +120,11 @@ class ApiStatus(BaseModel):
 class Backend(Protocol):
     """Operations a flow may ask of the place APIs run. Every method is idempotent."""
 
+    async def prepare_version(self, api: str, version: VersionSpec, secret_env: dict[str, str] | None = None) -> str:
+        """Make what the version's replicas need (package fetched, dependencies installed) before any
+        starts, so a failure costs nothing that serves; returns a line saying what was done. Raises
+        BackendError with the installer's own message when the dependencies cannot be installed."""
+
     async def apply_version(
         self, api: str, version: VersionSpec, replicas: int, secret_env: dict[str, str] | None = None
     ) -> None:

@@ -11,11 +11,18 @@ def version_spec(api: RealtimeAPI, package: PackageRef, revision: int, s3: S3Acc
     replica = ReplicaConfig(
         api_name=api.name,
         revision=revision,
-        handler=HandlerRef(type=api.handler.type, path=api.handler.path, class_name=api.handler.class_name),
+        handler=HandlerRef(
+            type=api.handler.type,
+            path=api.handler.path,
+            class_name=api.handler.class_name,
+            python_path=api.handler.python_path,
+        ),
         package=package,
         s3=s3,
         model_path=api.model_path,
         config=api.config,
+        env=api.env,
+        requirements=api.dependencies.pip,
         max_concurrency=api.pod.max_concurrency,
         max_queue_length=api.pod.max_queue_length,
     )

@@ -1,4 +1,5 @@
-"""The deploy flow: spec -> package -> store -> (per API, concurrently) plan -> apply -> ready -> smoke."""
+"""The deploy flow: spec -> package -> store -> (per API, concurrently) plan -> prepare -> apply -> ready
+-> smoke test -> finish."""
 
 from __future__ import annotations
 
@@ -13,9 +14,19 @@ from prefect.futures import PrefectFuture, wait
 
 from cortex_flows.rollout.plan import DeployPlan
 from cortex_flows.tasks.clusters import load_cluster
-from cortex_flows.tasks.deploy import apply, build, finish, load_project, plan, smoke_test, store, wait_ready
+from cortex_flows.tasks.deploy import (
+    apply,
+    build,
+    finish,
+    load_project,
+    plan,
+    prepare,
+    smoke_test,
+    store,
+    wait_ready,
+)
 
-STEPS = ("plan", "apply", "ready", "smoke test", "finish")
+STEPS = ("plan", "prepare", "apply", "ready", "smoke test", "finish")
 
 
 def _finished_at(future: PrefectFuture[Any]) -> datetime | None:
@@ -71,11 +82,12 @@ def deploy(
     chains: dict[str, list[PrefectFuture[Any]]] = {}
     for api in project.apis:
         planned = plan.submit(api, package, target)
-        applied = apply.submit(api, package, planned, target)
+        prepared = prepare.submit(api, package, planned, target)
+        applied = apply.submit(api, package, planned, target, wait_for=[prepared])
         ready = wait_ready.submit(api.name, planned, target, timeout, wait_for=[applied])
         smoked = smoke_test.submit(api, planned, target, smoke_payload, wait_for=[ready])
         finished = finish.submit(api.name, planned, target, wait_for=[smoked])
-        chains[api.name] = [planned, applied, ready, smoked, finished]
+        chains[api.name] = [planned, prepared, applied, ready, smoked, finished]
     wait([f for chain in chains.values() for f in chain])
 
     plans: dict[str, DeployPlan | None] = {
@@ -87,7 +99,7 @@ def deploy(
     for api in project.apis:
         chain, decided = chains[api.name], plans[api.name]
         ok = all(f.state.is_completed() for f in chain)
-        url = chain[3].result() if ok else "-"
+        url = chain[STEPS.index("smoke test")].result() if ok else "-"
         endpoints[api.name] = url
         rows.append(
             [api.name, str(decided.revision) if decided else "-", decided.action if decided else "-",
@@ -101,7 +113,8 @@ def deploy(
                 resource={"prefect.resource.id": f"cortex.api.{api.name}", "prefect.resource.name": api.name},
                 payload={"revision": decided.revision, "package_id": package.sha256, "endpoint": url},
             )
-    create_markdown_artifact(key="deploy-report", markdown=_report(project.file, package.sha256, rows),
+    report = _report(project.file, package.sha256, rows, [f"{n.path}: {n.message}" for n in project.notices])
+    create_markdown_artifact(key="deploy-report", markdown=report,
                              description="cortex-flows deploy report")  # fmt: skip
 
     failures = {name: f.state.message for name, chain in chains.items() for f in chain if f.state.is_failed()}
@@ -113,7 +126,7 @@ def deploy(
     return endpoints
 
 
-def _report(spec_file: Any, package_id: str, rows: list[list[str]]) -> str:
+def _report(spec_file: Any, package_id: str, rows: list[list[str]], notices: list[str]) -> str:
     head = ["API", "revision", "action", "package", "endpoint", "replicas", "result", *STEPS]
     lines = [
         f"# Deploy of `{spec_file}`",
@@ -124,4 +137,6 @@ def _report(spec_file: Any, package_id: str, rows: list[list[str]]) -> str:
         "|" + "---|" * len(head),
         *("| " + " | ".join(row) + " |" for row in rows),
     ]
+    if notices:
+        lines += ["", "## Spec notices", "", *(f"- `{notice}`" for notice in notices)]
     return "\n".join(lines)

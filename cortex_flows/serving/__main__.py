@@ -1,6 +1,8 @@
 """`python -m cortex_flows.serving --config replica.json --host H --port N [--parent-pid PID]`.
 
-One process per replica. Logs go to stderr (the supervisor redirects them to the replica's log file);
+One process per replica; with `--prepare-only` it fetches the package and installs its dependencies,
+then exits (a backend runs this once per version before starting replicas, so a requirement that
+cannot be installed fails the rollout with pip's message before any traffic moves). Logs go to stderr (the supervisor redirects them to the replica's log file);
 exit codes are listed in `cortex_flows.serving.server`.
 """
 
@@ -11,18 +13,23 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import uvloop
 from pydantic import ValidationError
 
+from cortex_flows.packaging.dependencies import DependencyError
 from cortex_flows.serving.config import ReplicaConfig
 from cortex_flows.serving.server import (
     EXIT_BAD_CONFIG,
     EXIT_BIND_FAILED,
+    EXIT_DEPENDENCIES_FAILED,
+    EXIT_LOAD_FAILED,
     Replica,
     ServeOptions,
     bind_socket,
     one_line,
+    prepare,
 )
 
 log = logging.getLogger("cortex_flows.serving")
@@ -41,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds to keep serving after SIGTERM with /readyz 503, so load balancers notice",
     )  # fmt: skip
     parser.add_argument(
+        "--prepare-only", action="store_true", help="fetch the package, install its dependencies and exit"
+    )
+    parser.add_argument(
         "--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on shutdown"
     )
     return parser.parse_args(argv)
@@ -57,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         config = ReplicaConfig.model_validate_json(args.config.read_bytes())
     except (OSError, ValidationError) as exc:
         _exit(EXIT_BAD_CONFIG, f"bad replica config {args.config}: {exc}")
+    if args.prepare_only:
+        _prepare_and_exit(config)
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
@@ -66,7 +78,24 @@ def main(argv: list[str] | None = None) -> None:
     _exit(code)
 
 
-def _exit(code: int, reason: str | None = None) -> None:
+def _prepare_and_exit(config: ReplicaConfig) -> None:
+    """Exit 0 once prepared; on a failed install, pip's message alone is the last thing on stderr."""
+    try:
+        project_dir, environment = prepare(config)
+    except DependencyError as exc:
+        print(exc, file=sys.stderr)
+        _exit(EXIT_DEPENDENCIES_FAILED)
+    except Exception as exc:  # noqa: BLE001 - any fetch failure is reported as this process's reason
+        _exit(EXIT_LOAD_FAILED, f"fetching the package: {type(exc).__name__}: {exc}")
+    if environment is None:
+        log.info("prepared %s: no %s", project_dir, config.requirements or "requirements file")
+    else:
+        done = "installed" if environment.installed else "reused"
+        log.info("prepared %s: dependencies %s (environment %s)", project_dir, done, environment.key)
+    _exit(0)
+
+
+def _exit(code: int, reason: str | None = None) -> NoReturn:
     if reason is not None:
         log.critical(one_line(reason))
     logging.shutdown()

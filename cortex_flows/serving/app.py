@@ -8,11 +8,12 @@ replica still reports healthy and ready.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -55,6 +56,7 @@ class ReplicaApp:
         self._max_body_bytes = max_body_bytes
         self._admission = admission
         self._metrics = metrics
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
@@ -149,13 +151,11 @@ class ReplicaApp:
         except _TooLarge:
             await self._error(send, 413, self._too_large_message(), request_id, (b"connection", b"close"))
             return 413
+        query_params = _query_params(scope) if invoker.wants_query_params else None
+        headers = _headers(scope) if invoker.wants_headers else None
         try:
             payload = decode_payload(body, content_type)
-            result = await invoker(
-                payload,
-                _query_params(scope) if invoker.wants_query_params else None,
-                _headers(scope) if invoker.wants_headers else None,
-            )
+            result = await invoker(payload, query_params, headers)
         except BadRequest as exc:
             await self._error(send, 400, str(exc), request_id)
             return 400
@@ -167,6 +167,8 @@ class ReplicaApp:
             result.headers["x-request-id"] = request_id.decode("latin-1")
             result.headers["x-cortex-revision"] = self._revision.decode()
             await result(scope, receive, send)
+            if invoker.post_predict is not None:
+                self._in_background(invoker.after_response(result, payload, query_params, headers))
             if result.status_code >= 500:
                 log.error(
                     "request %s -> %d: returned by the handler",
@@ -184,7 +186,15 @@ class ReplicaApp:
             return 500
         self._metrics.observe_result(result)
         await self._send(send, 200, response_body, request_id, response_type)
+        if invoker.post_predict is not None:
+            self._in_background(invoker.after_response(result, payload, query_params, headers))
         return 200
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run after the response; keep a reference so the task is not garbage-collected mid-way."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _read_body(self, receive: Receive) -> bytes:
         """The whole body, counting bytes as they arrive so chunked uploads cannot exceed the limit."""

@@ -21,6 +21,7 @@ class HandlerRef(BaseModel):
     type: Literal["python", "sklearn"]
     path: str | None = None  # file inside the project, for type python
     class_name: str = "Handler"
+    python_path: str | None = None  # directory inside the project put first on sys.path
 
 
 class PackageRef(BaseModel):
@@ -55,6 +56,8 @@ class ReplicaConfig(BaseModel):
     s3: S3Access | None = None
     model_path: str | None = None  # relative to the project, absolute, or s3://
     config: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)  # the user's variables, set in the replica's environment
+    requirements: str | None = None  # pip requirements file in the project, installed if present
     max_concurrency: int = 1
     max_queue_length: int = 100
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES

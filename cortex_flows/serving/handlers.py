@@ -1,8 +1,10 @@
 """Load the code that answers a replica's requests: a user's `class Handler` or the built-in sklearn one.
 
-Cortex's handler interface is duck-typed by argument name: `__init__` may take any of `config`,
-`model_path`, `model_dir` and `handle_post` any of `payload`, `query_params`, `headers`. We inspect
-signatures once at load time, so user classes declare only what they use and the hot path pays nothing.
+Cortex's interfaces are duck-typed by argument name: `__init__` may take any of `config`, `model_path`,
+`model_dir`; the request method (`handle_post` of a handler-era `Handler`, or `predict` of a
+predictor-era `PythonPredictor`) any of `payload`, `query_params`, `headers`; an optional `post_predict`
+also `response`. We inspect signatures once at load time, so user classes declare only what they use
+and the hot path pays nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import functools
 import hashlib
 import importlib.util
 import inspect
+import logging
 import os
 import pickle
 import sys
@@ -25,6 +28,10 @@ from cortex_flows.serving.config import ReplicaConfig, S3Access
 
 INIT_ARGS = ("config", "model_path", "model_dir")
 CALL_ARGS = ("payload", "query_params", "headers")
+POST_PREDICT_ARGS = ("response", "payload", "query_params", "headers")
+REQUEST_METHODS = ("handle_post", "predict")  # handler era, predictor era
+
+log = logging.getLogger("cortex_flows.serving")
 
 
 class BadRequest(Exception):
@@ -63,31 +70,52 @@ def accepted_args(func: Callable[..., Any], offered: Iterable[str], *, what: str
 
 
 class Invoker:
-    """Calls a handler's `handle_post` with the arguments it accepts: sync in a thread, async awaited."""
+    """Calls a handler's request method with the arguments it accepts: sync in a thread, async awaited."""
 
-    def __init__(self, handle_post: Callable[..., Any], executor: Executor, *, what: str) -> None:
+    def __init__(
+        self,
+        handle_post: Callable[..., Any],
+        executor: Executor,
+        *,
+        what: str,
+        post_predict: Callable[..., Any] | None = None,
+    ) -> None:
         accepted = accepted_args(handle_post, CALL_ARGS, what=what)
-        self.wants_payload = "payload" in accepted
-        self.wants_query_params = "query_params" in accepted
-        self.wants_headers = "headers" in accepted
+        self._post_args = (
+            accepted_args(post_predict, POST_PREDICT_ARGS, what=f"{what} post_predict") if post_predict else ()
+        )
+        wanted = {*accepted, *self._post_args}
+        self.wants_query_params = "query_params" in wanted
+        self.wants_headers = "headers" in wanted
+        self._pass = tuple(name in accepted for name in CALL_ARGS)
         self._handle_post = handle_post
-        self._is_async = inspect.iscoroutinefunction(handle_post)
+        self.post_predict = post_predict
         self._executor = executor
 
     async def __call__(
         self, payload: Any, query_params: dict[str, str] | None, headers: dict[str, str] | None
     ) -> Any:
         """Run the handler; the caller builds `query_params`/`headers` only if `wants_*` says so."""
-        kwargs: dict[str, Any] = {}
-        if self.wants_payload:
-            kwargs["payload"] = payload
-        if self.wants_query_params:
-            kwargs["query_params"] = query_params
-        if self.wants_headers:
-            kwargs["headers"] = headers
-        if self._is_async:
-            return await self._handle_post(**kwargs)
-        call = functools.partial(self._handle_post, **kwargs)
+        passed = zip(CALL_ARGS, (payload, query_params, headers), self._pass, strict=True)
+        kwargs = {name: value for name, value, wanted in passed if wanted}
+        return await self._run(self._handle_post, kwargs)
+
+    async def after_response(
+        self, response: Any, payload: Any, query_params: dict[str, str] | None, headers: dict[str, str] | None
+    ) -> None:
+        """Cortex's `post_predict`, called once the response is sent; a failure is logged, never raised."""
+        if self.post_predict is None:
+            return
+        values = {"response": response, "payload": payload, "query_params": query_params, "headers": headers}
+        try:
+            await self._run(self.post_predict, {name: values[name] for name in self._post_args})
+        except Exception:
+            log.exception("post_predict raised")
+
+    async def _run(self, method: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        if inspect.iscoroutinefunction(method):
+            return await method(**kwargs)
+        call = functools.partial(method, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
 
@@ -100,6 +128,8 @@ def load_handler(config: ReplicaConfig, project_dir: Path, cache_dir: Path, exec
         return Invoker(SklearnHandler(model_path).handle_post, executor, what="sklearn handler")
     if not config.handler.path:
         raise HandlerLoadError("handler type python needs handler.path")
+    if config.handler.python_path:
+        add_python_path(project_dir, config.handler.python_path)
     cls = import_handler_class(project_dir, config.handler.path, config.handler.class_name)
     model_dir = (
         project_dir if model_path is None else model_path if model_path.is_dir() else model_path.parent
@@ -115,10 +145,23 @@ def load_handler(config: ReplicaConfig, project_dir: Path, cache_dir: Path, exec
         instance = cls(**kwargs)
     except Exception as exc:
         raise HandlerLoadError(f"{name}.__init__ raised {type(exc).__name__}: {exc}") from exc
-    handle_post = getattr(instance, "handle_post", None)
-    if not callable(handle_post):
-        raise HandlerLoadError(f"class {name} has no handle_post method")
-    return Invoker(handle_post, executor, what=f"{name}.handle_post")
+    method = next((m for m in REQUEST_METHODS if callable(getattr(instance, m, None))), None)
+    if method is None:
+        raise HandlerLoadError(f"class {name} has no handle_post (Handler) or predict (PythonPredictor) method")
+    post_predict = getattr(instance, "post_predict", None)
+    return Invoker(
+        getattr(instance, method),
+        executor,
+        what=f"{name}.{method}",
+        post_predict=post_predict if callable(post_predict) else None,
+    )
+
+
+def add_python_path(project_dir: Path, python_path: str) -> None:
+    """Cortex's `python_path`: a project directory whose modules the handler imports as top-level ones."""
+    directory = str((project_dir / python_path).resolve())
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
 
 
 def import_handler_class(project_dir: Path, rel_path: str, class_name: str) -> type:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import uvicorn
 
+from cortex_flows.packaging.dependencies import DependencyError, Environment, activate, ensure_environment
 from cortex_flows.processes import pid_alive
 from cortex_flows.serving.admission import Admission
 from cortex_flows.serving.app import ReplicaApp
@@ -35,10 +36,33 @@ EXIT_OK = 0
 EXIT_LOAD_FAILED = 1  # package fetch or handler load failed; reason on the last stderr line
 EXIT_BAD_CONFIG = 2  # bad arguments or replica config (argparse also exits 2)
 EXIT_BIND_FAILED = 3  # the port is taken or not bindable: the supervisor may retry on another port
+EXIT_DEPENDENCIES_FAILED = 4  # --prepare-only: pip could not install the requirements (pip's message on stderr)
 
 PARENT_POLL_SECONDS = 1.0
 MAX_REASON_CHARS = 230  # with the log prefix, fits the 300 characters the agent shows
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "cortex-flows-cache"
+ENVS_DIR = "envs"  # dependency environments, under the cache directory
+
+
+def cache_dir_of(config: ReplicaConfig) -> Path:
+    return Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
+
+
+def project_dir_of(config: ReplicaConfig, cache_dir: Path) -> Path:
+    """The replica's project: the verified package extracted in the cache, or a directory as it is."""
+    if config.package is not None:
+        from cortex_flows.packaging.fetch import fetch_package
+
+        return fetch_package(config.package, cache_dir, config.s3)
+    return Path(config.project_dir).resolve() if config.project_dir else Path.cwd()
+
+
+def prepare(config: ReplicaConfig) -> tuple[Path, Environment | None]:
+    """What a replica needs before loading its handler (the work of Cortex's init container): the
+    package fetched and verified, and its dependencies installed (or found already installed)."""
+    cache_dir = cache_dir_of(config)
+    project_dir = project_dir_of(config, cache_dir)
+    return project_dir, ensure_environment(project_dir, config.requirements, cache_dir / ENVS_DIR)
 
 
 @dataclass(frozen=True)
@@ -139,31 +163,28 @@ class Replica:
 
     async def _load(self) -> None:
         config = self.config
-        cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
-        step = "fetching the package"
+        step = "preparing the project"
         try:
-            project_dir = await asyncio.to_thread(self._project_dir, cache_dir)
+            project_dir, environment = await asyncio.to_thread(prepare, config)
+            if environment is not None:
+                activate(environment)
+                log.info("dependencies from %s (environment %s)", config.requirements, environment.key)
             step = "loading the handler"
-            invoker = await asyncio.to_thread(load_handler, config, project_dir, cache_dir, self.executor)
+            invoker = await asyncio.to_thread(
+                load_handler, config, project_dir, cache_dir_of(config), self.executor
+            )
         except Exception as exc:
             if self.app.draining:
                 return  # stopping anyway; a load cut short is not a failure
             log.exception("%s failed", step)
-            detail = str(exc) if isinstance(exc, HandlerLoadError) else f"{type(exc).__name__}: {exc}"
+            known = isinstance(exc, HandlerLoadError | DependencyError)
+            detail = str(exc) if known else f"{type(exc).__name__}: {exc}"
             self.failure = one_line(f"{step}: {detail}")
             self.server.should_exit = True
             return
         if not self.app.draining:
             self.app.invoker = invoker
             log.info("handler loaded from %s: ready", project_dir)
-
-    def _project_dir(self, cache_dir: Path) -> Path:
-        config = self.config
-        if config.package is not None:
-            from cortex_flows.packaging.fetch import fetch_package
-
-            return fetch_package(config.package, cache_dir, config.s3)
-        return Path(config.project_dir).resolve() if config.project_dir else Path.cwd()
 
     async def _watch_parent(self, pid: int) -> None:
         """Stop if the supervisor dies, so replicas are never orphaned holding ports."""

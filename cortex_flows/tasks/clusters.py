@@ -30,18 +30,24 @@ def s3_client(cluster: CortexCluster) -> BaseClient:
 
 
 def replica_aws_access(cluster: CortexCluster) -> tuple[S3Access | None, dict[str, str] | None]:
-    """How replicas reach S3: the endpoint (not secret) and the keys, which travel only as process
-    environment through the backend's secret channel."""
+    """How replicas reach AWS: the S3 endpoint for our own downloads, and the environment boto3 reads,
+    so user code that builds its own clients works as it did inside Cortex. The environment travels
+    only through the backend's secret channel."""
     creds = _credentials(cluster)
     if creds is None:
         return None, None
-    params = creds.aws_client_parameters
-    env = {}
-    if creds.aws_access_key_id:
-        env["AWS_ACCESS_KEY_ID"] = creds.aws_access_key_id
-    if creds.aws_secret_access_key:
-        env["AWS_SECRET_ACCESS_KEY"] = creds.aws_secret_access_key.get_secret_value()
-    if creds.aws_session_token:
-        env["AWS_SESSION_TOKEN"] = creds.aws_session_token
-    access = S3Access(endpoint_url=params.endpoint_url if params else None, region=creds.region_name)
-    return access, env
+    endpoint_url = creds.aws_client_parameters.endpoint_url if creds.aws_client_parameters else None
+    secret_key = creds.aws_secret_access_key.get_secret_value() if creds.aws_secret_access_key else None
+    env = {
+        name: value
+        for name, value in (
+            ("AWS_ACCESS_KEY_ID", creds.aws_access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", secret_key),
+            ("AWS_SESSION_TOKEN", creds.aws_session_token),
+            ("AWS_DEFAULT_REGION", creds.region_name),
+            ("AWS_REGION", creds.region_name),
+            ("AWS_ENDPOINT_URL", endpoint_url),
+        )
+        if value
+    }
+    return S3Access(endpoint_url=endpoint_url, region=creds.region_name), env

@@ -30,7 +30,11 @@ class RolloutFailed(Exception):
 
 @task(task_run_name="load spec")
 def load_project(path: str) -> ProjectSpec:
-    return load_spec(path)
+    """Validate the spec; say once what an older Cortex spec holds that does not apply here."""
+    project = load_spec(path)
+    for notice in project.notices:
+        get_run_logger().warning("%s: %s", notice.path, notice.message)
+    return project
 
 
 @task(task_run_name="build package")
@@ -71,6 +75,17 @@ async def plan(api: RealtimeAPI, package: PackageRef, cluster: CortexCluster) ->
     get_run_logger().info("%s: %s -> revision %d with %d replica(s)", api.name, decided.action, decided.revision,
                           decided.replicas)  # fmt: skip
     return decided
+
+
+@task(task_run_name="prepare {api.name}", **INFRA_RETRIES)
+async def prepare(api: RealtimeAPI, package: PackageRef, decided: DeployPlan, cluster: CortexCluster) -> None:
+    """Fetch the package and install its requirements where replicas will run, before anything changes:
+    a requirement that cannot be installed fails here, with pip's message, and traffic never moves."""
+    if decided.action not in (Action.CREATE, Action.ROLL):
+        return  # the replicas that serve already have what they need
+    s3, secret_env = replica_aws_access(cluster)
+    version = version_spec(api, package, decided.revision, s3)
+    get_run_logger().info("%s: %s", api.name, await cluster.get_backend().prepare_version(api.name, version, secret_env))
 
 
 @task(task_run_name="apply {api.name}", **INFRA_RETRIES)

@@ -196,7 +196,16 @@ def test_the_project_dir_is_importable_from_the_handler(tmp_path: Path, executor
             "Handler",
             "Handler.__init__ raised ValueError: bad weights",
         ),
-        ("class Handler:\n    pass\n", "Handler", "class Handler has no handle_post method"),
+        (
+            "class Handler:\n    pass\n",
+            "Handler",
+            r"class Handler has no handle_post \(Handler\) or predict \(PythonPredictor\) method",
+        ),
+        (
+            "class P:\n    def predict(self): pass\n    def post_predict(self, tracker): pass\n",
+            "P",
+            r"P.predict post_predict requires argument\(s\) tracker",
+        ),
         (
             "class Handler:\n    def __init__(self, tf_client): pass\n",
             "Handler",
@@ -222,6 +231,83 @@ def test_missing_handler_file_and_model_are_load_errors(tmp_path: Path, executor
     config = python_config(tmp_path, "class Handler: pass", model_path="absent.joblib")
     with pytest.raises(HandlerLoadError, match=r"model_path absent\.joblib not found"):
         load(config, executor, tmp_path)
+
+
+# --- predictor era: PythonPredictor.predict and post_predict ---------------------------------------------
+
+
+def test_a_python_predictor_is_called_through_predict(tmp_path: Path, executor: ThreadPoolExecutor) -> None:
+    source = """
+    class PythonPredictor:
+        def __init__(self, config):
+            self.scale = config["scale"]
+        def predict(self, payload, query_params):
+            return payload["x"] * self.scale + int(query_params.get("add", 0))
+    """
+    config = python_config(tmp_path, source, config={"scale": 3})
+    config.handler.class_name = "PythonPredictor"
+    assert call(load(config, executor, tmp_path), {"x": 2}, {"add": "1"}) == 7
+
+
+def test_handle_post_wins_over_predict_when_a_class_has_both(tmp_path: Path, executor: ThreadPoolExecutor) -> None:
+    source = """
+    class Handler:
+        def handle_post(self): return "handle_post"
+        def predict(self): return "predict"
+    """
+    assert call(load(python_config(tmp_path, source), executor, tmp_path)) == "handle_post"
+
+
+def test_post_predict_runs_after_the_response_with_the_arguments_it_takes(
+    tmp_path: Path, executor: ThreadPoolExecutor
+) -> None:
+    source = """
+    class PythonPredictor:
+        def __init__(self):
+            self.seen = []
+        def predict(self, payload):
+            return {"label": payload["x"]}
+        def post_predict(self, response, headers):
+            self.seen.append((response, headers))
+    """
+    config = python_config(tmp_path, source)
+    config.handler.class_name = "PythonPredictor"
+    invoker = load(config, executor, tmp_path)
+    assert invoker.wants_headers and not invoker.wants_query_params
+
+    async def request() -> Any:
+        result = await invoker({"x": 1}, None, {"h": "v"})
+        await invoker.after_response(result, {"x": 1}, None, {"h": "v"})
+        return result
+
+    assert asyncio.run(request()) == {"label": 1}
+    assert invoker.post_predict.__self__.seen == [({"label": 1}, {"h": "v"})]
+
+
+def test_a_failing_post_predict_is_logged_not_raised(
+    tmp_path: Path, executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = """
+    class Handler:
+        def handle_post(self): return 1
+        async def post_predict(self): raise RuntimeError("tracker down")
+    """
+    invoker = load(python_config(tmp_path, source), executor, tmp_path)
+    asyncio.run(invoker.after_response(1, None, None, None))
+    assert "post_predict raised" in caplog.text and "tracker down" in caplog.text
+
+
+def test_python_path_makes_a_project_directory_importable(tmp_path: Path, executor: ThreadPoolExecutor) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "python_path_helper.py").write_text("VALUE = 'from lib'\n")
+    source = """
+    import python_path_helper
+    class Handler:
+        def handle_post(self): return python_path_helper.VALUE
+    """
+    config = python_config(tmp_path, source)
+    config.handler.python_path = "lib"
+    assert call(load(config, executor, tmp_path)) == "from lib"
 
 
 # --- payloads and results -----------------------------------------------------------------------------

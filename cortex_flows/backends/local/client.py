@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -22,11 +24,15 @@ from cortex_flows.backends.base import (
 )
 from cortex_flows.backends.local.home import AgentInfo, LocalHome, default_gateway_port
 from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS
+from cortex_flows.packaging.dependencies import PIP_TIMEOUT_SECONDS
 from cortex_flows.processes import pid_alive
+
+PREPARE_LOGGER = "cortex_flows.serving"
 
 AGENT_START_TIMEOUT = 30.0
 # Removing a version drains its replicas, bounded by their grace period, so allow for that.
 MUTATION_TIMEOUT = DEFAULT_GRACE_SECONDS * 2 + 30
+PREPARE_TIMEOUT = PIP_TIMEOUT_SECONDS + 300  # pip's own limit, plus fetching the package
 
 
 def running_agent(home: LocalHome) -> AgentInfo | None:
@@ -136,6 +142,37 @@ class LocalBackend:
             transient = resp.status_code in (409, 429) or resp.status_code >= 500 or body.get("transient", False)
             raise BackendError(body.get("error", resp.text), transient=transient, status=resp.status_code)
         return resp
+
+    async def prepare_version(self, api: str, version: VersionSpec, secret_env: dict[str, str] | None = None) -> str:
+        """Run the replica runtime's `--prepare-only` here, against the cache the agent's replicas share."""
+        from cortex_flows.serving.server import EXIT_DEPENDENCIES_FAILED  # the runtime is heavy for the CLI
+
+        config = version.replica.model_copy(update={"cache_dir": str(self.home.cache)})
+        self.home.ensure()
+        with tempfile.NamedTemporaryFile("w", dir=self.home.replicas, prefix=f"{api}-r{version.revision}-",
+                                         suffix=".prepare.json") as file:  # fmt: skip
+            file.write(config.model_dump_json())
+            file.flush()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cortex_flows.serving", "--config", file.name, "--prepare-only",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, **(secret_env or {}), **config.env},
+            )  # fmt: skip
+            try:
+                _, stderr = await asyncio.wait_for(proc.communicate(), PREPARE_TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise BackendError(
+                    f"{api}: preparing revision {version.revision} took over {PREPARE_TIMEOUT:.0f}s"
+                ) from None
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        if proc.returncode == EXIT_DEPENDENCIES_FAILED:
+            raise BackendError(f"{api}: cannot install {config.requirements}:\n" + "\n".join(lines))
+        last = lines[-1] if lines else f"exit code {proc.returncode}"
+        if proc.returncode != 0:
+            raise BackendError(f"{api}: preparing revision {version.revision} failed: {last}")
+        return last.partition(f"{PREPARE_LOGGER}: ")[2] or last
 
     async def apply_version(
         self, api: str, version: VersionSpec, replicas: int, secret_env: dict[str, str] | None = None

@@ -150,7 +150,8 @@ class Supervisor:
         rid = f"{api}-r{revision}-{uuid.uuid4().hex[:6]}"
         cfg_path = self.run_dir / f"{rid}.config.json"
         cfg_path.write_text(config.model_dump_json())
-        replica = Replica(rid, api, revision, cfg_path, self.log_dir / api / f"{rid}.log", env)
+        # The user's variables (the spec's `env`) win over the cluster's, as the spec is more specific.
+        replica = Replica(rid, api, revision, cfg_path, self.log_dir / api / f"{rid}.log", {**env, **config.env})
         replica.log_path.parent.mkdir(parents=True, exist_ok=True)
         replica.task = asyncio.create_task(self._lifecycle(replica), name=rid)
         return replica
