@@ -82,7 +82,7 @@ def deploy(
     chains: dict[str, list[PrefectFuture[Any]]] = {}
     for api in project.apis:
         planned = plan.submit(api, package, target)
-        prepared = prepare.submit(api, package, planned, target)
+        prepared = prepare.submit(api, package, planned, target, project.project_dir)
         applied = apply.submit(api, package, planned, target, wait_for=[prepared])
         ready = wait_ready.submit(api.name, planned, target, timeout, wait_for=[applied])
         smoked = smoke_test.submit(api, planned, target, smoke_payload, wait_for=[ready])

@@ -78,11 +78,15 @@ async def plan(api: RealtimeAPI, package: PackageRef, cluster: CortexCluster) ->
 
 
 @task(task_run_name="prepare {api.name}", **INFRA_RETRIES)
-async def prepare(api: RealtimeAPI, package: PackageRef, decided: DeployPlan, cluster: CortexCluster) -> None:
-    """Fetch the package and install its requirements where replicas will run, before anything changes:
-    a requirement that cannot be installed fails here, with pip's message, and traffic never moves."""
+async def prepare(
+    api: RealtimeAPI, package: PackageRef, decided: DeployPlan, cluster: CortexCluster, project_dir: Path
+) -> None:
+    """Install the package's requirements where replicas will run, before anything changes: a requirement
+    that cannot be installed fails here, with pip's message, and traffic never moves."""
     if decided.action not in (Action.CREATE, Action.ROLL):
         return  # the replicas that serve already have what they need
+    if not (project_dir / api.dependencies.pip).is_file():
+        return  # nothing to install (a file absent from the project is absent from its package)
     s3, secret_env = replica_aws_access(cluster)
     version = version_spec(api, package, decided.revision, s3)
     get_run_logger().info("%s: %s", api.name, await cluster.get_backend().prepare_version(api.name, version, secret_env))
