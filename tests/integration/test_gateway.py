@@ -13,6 +13,8 @@ import contextlib
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -150,6 +152,63 @@ class OneShotServer:
         self.loop.call_soon_threadsafe(self.server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+
+
+class ClosingServer:
+    """A replica that fails a request: reads its head, then closes without answering (`partial=False`,
+    as a crashed or stopped replica does), or after the start of a response (`partial=True`)."""
+
+    PARTIAL = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\npartial"
+
+    def __init__(self, *, partial: bool = False) -> None:
+        self.partial = partial
+        self.requests = 0  # request heads received (one per connection: each is closed after it)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            self.loop.create_server(self._protocol, "127.0.0.1", 0), self.loop
+        ).result(5)
+        self.upstream = Upstream("127.0.0.1", self.server.sockets[0].getsockname()[1])
+
+    def _protocol(self) -> asyncio.Protocol:
+        outer = self
+
+        class Proto(asyncio.Protocol):
+            received = b""
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+            def data_received(self, data: bytes) -> None:
+                self.received += data
+                if b"\r\n\r\n" in self.received and not self.transport.is_closing():
+                    outer.requests += 1
+                    if outer.partial:
+                        self.transport.write(outer.PARTIAL)
+                    self.transport.close()
+
+        return Proto()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+# A replica process that takes requests and never answers, until it is killed.
+_HOLDER = """
+import socket, threading
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(128)
+print(srv.getsockname()[1], flush=True)
+held = []
+while True:
+    conn, _ = srv.accept()
+    held.append(conn)
+    threading.Thread(target=conn.recv, args=(65536,), daemon=True).start()
+"""
 
 
 @pytest.fixture(scope="module")
@@ -612,3 +671,102 @@ def test_wait_for_upstream_hook_can_hold_a_request(servers: dict) -> None:
         gw.route("iris", "/iris", (100, []))
         assert echo(gw.port, "/iris")["server"] == "a"
         assert gw.gateway.api_in_flight("iris") == 0
+
+
+def test_replica_closing_before_answering_fails_over(gw: GatewayThread, servers: dict) -> None:
+    bad, good = ClosingServer(), servers["b"]
+    try:
+        gw.route("iris", "/iris", (100, [bad.upstream, good.upstream]))
+        before = good.requests
+
+        def client(n: int) -> list[tuple[int, str, str]]:
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+            out = []
+            for i in range(25):
+                body = b"%d-%d" % (n, i)
+                conn.request("POST", "/iris/predict", body=body)
+                resp = conn.getresponse()
+                got = json.loads(resp.read())
+                out.append((resp.status, got["server"], got["body"] == body.decode()))
+            conn.close()
+            return out
+
+        with ThreadPoolExecutor(8) as pool:
+            results = [r for rs in pool.map(client, range(8)) for r in rs]
+        assert len(results) == 200
+        assert Counter(results) == {(200, "b", True): 200}  # each from the good replica, with its body
+        assert bad.requests >= 10  # the bad replica really took (and dropped) a share of them
+        assert good.requests - before == 200
+
+        big = bytes(range(256)) * 800  # above the join limit: the body is written on its own, and resent
+        for _ in range(4):
+            got = echo(gw.port, "/iris", big)
+            assert (got["server"], got["body"]) == ("b", big.decode("latin-1"))
+        assert gw.gateway.api_in_flight("iris") == 0
+    finally:
+        bad.stop()
+
+
+def test_replica_killed_mid_request_fails_over(gw: GatewayThread, servers: dict) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        dying = Upstream("127.0.0.1", int(holder.stdout.readline()))
+        gw.route("iris", "/iris", (100, [dying, servers["a"].upstream]))
+        with ThreadPoolExecutor(8) as pool:
+            calls = [pool.submit(echo, gw.port, "/iris?delay=0.3") for _ in range(8)]
+            wait_for(lambda: gw.gateway.api_in_flight("iris") == 8, timeout=5, what="8 requests in flight")
+            held = gw.gateway.in_flight(dying)
+            assert held >= 1
+            wait_for(  # forwarded to the replica on open connections, not just routed to it
+                lambda: gw.call(lambda: sum(c.upstream == dying for c in gw.gateway.busy)) == held,
+                timeout=5,
+                what="the held requests to be sent",
+            )
+            holder.kill()
+            assert [c.result(timeout=10)["server"] for c in calls] == ["a"] * 8
+        assert gw.gateway.in_flight(dying) == 0 and gw.gateway.api_in_flight("iris") == 0
+    finally:
+        holder.kill()
+        holder.wait(timeout=5)
+
+
+def test_replica_closing_without_another_is_502(gw: GatewayThread, servers: dict) -> None:
+    bad, worse = ClosingServer(), ClosingServer()
+    try:
+        gw.route("iris", "/iris", (100, [bad.upstream]))
+        gw.route("other", "/other", (100, [servers["a"].upstream]))
+        status, _, body = request(gw.port, "POST", "/iris", b"{}")
+        assert (status, json.loads(body)) == (502, {"error": "replica of API iris closed the connection"})
+        assert bad.requests == 1
+
+        gw.route("iris", "/iris", (100, [bad.upstream, worse.upstream]))
+        for n in range(1, 4):  # the failover dies too: 502 after exactly one more attempt
+            status, _, body = request(gw.port, "GET", "/iris")
+            assert (status, json.loads(body)) == (502, {"error": "replica of API iris closed the connection"})
+            assert bad.requests + worse.requests == 1 + 2 * n
+        assert gw.gateway.api_in_flight("iris") == 0
+        assert echo(gw.port, "/other")["server"] == "a"  # the gateway keeps serving
+    finally:
+        bad.stop()
+        worse.stop()
+
+
+def test_partial_response_is_cut_not_retried(gw: GatewayThread, servers: dict) -> None:
+    partial, good = ClosingServer(partial=True), servers["c"]
+    try:
+        gw.route("iris", "/iris", (100, [partial.upstream, good.upstream]))
+        before = good.requests
+        cuts = 0
+        for _ in range(6):
+            data = raw_exchange(gw.port, b"GET /iris HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            if data.endswith(b"\r\n\r\npartial"):  # Content-Length 1000, 7 bytes, then the connection ends
+                cuts += 1
+            else:
+                [(status, _, body)] = split_responses(data)
+                assert (status, json.loads(body)["server"]) == (200, "c")
+        assert cuts >= 1 and cuts == partial.requests
+        assert good.requests - before == 6 - cuts  # a cut request was not resent to the good replica
+        assert gw.gateway.api_in_flight("iris") == 0
+    finally:
+        partial.stop()

@@ -7,7 +7,9 @@ tells us where the response ends, so the upstream connection can go back to a ke
 
 Per client connection one request is served at a time (pipelined requests wait in a queue, in order).
 Request bodies are buffered (bounded) and sent with Content-Length, which lets a request be retried on
-another connection or replica when nothing reached the client yet.
+another connection or replica when nothing reached the client yet: a pooled connection that turns out
+closed is retried on a new one, and a replica that cannot be reached, or that closes the connection
+before answering (it crashed, or was stopped by a rolling update), is failed over once to another one.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ class _Request:
         self.method = method
         self.url = url
         self.head = head  # headers to forward and the blank line; once routed, the whole upstream request
-        self.body = body  # once routed: only a large body that is written separately
+        # Once routed: only a large body that is written separately. Kept (never streamed) until the
+        # response is done, so a failover or a retry can resend the request as a whole.
+        self.body = body
         self.keep_alive = keep_alive
         self.head_only = head_only
         self.api = ""  # set once routed
@@ -235,6 +239,7 @@ class _Client(asyncio.Protocol):
         "eof",
         "expect",
         "failed",
+        "failover",
         "framed",
         "gw",
         "has_host",
@@ -266,6 +271,7 @@ class _Client(asyncio.Protocol):
         self.target: Upstream | None = None  # counted as in flight for `current`
         self.conn: _UpstreamConn | None = None  # relaying `current`'s response
         self.replied = False  # some response bytes for `current` went to the client
+        self.failover = False  # `current` may still go to another replica if `target` fails it
         self.closed = False
         self.closing = False  # close when `current` is done (gateway stopping, or Connection: close)
         self.eof = False  # no more input (client half-closed, or an Upgrade request): answer, then close
@@ -500,13 +506,14 @@ class _Client(asyncio.Protocol):
         gw = self.gw
         gw.table.begin(req.api, upstream)
         self.target = upstream
+        self.failover = failover
         conn = gw.take_idle(upstream)
         if conn is not None:
             conn.send(self, req, reused=True)
         else:
-            gw.spawn(self.connect(upstream, failover=failover))
+            gw.spawn(self.connect(upstream))
 
-    async def connect(self, upstream: Upstream, *, failover: bool) -> None:
+    async def connect(self, upstream: Upstream) -> None:
         gw = self.gw
         loop = gw.loop
         try:
@@ -524,15 +531,7 @@ class _Client(asyncio.Protocol):
             )
             if self.target is not upstream:
                 return  # the client went away meanwhile
-            self.release()
-            req = self.current
-            assert req is not None
-            route = gw.table.route(req.api) if failover else None
-            other = route.pick_other(gw.table.upstream_in_flight, upstream) if route is not None else None
-            if other is not None:
-                self.send_to(other, failover=False)
-            else:
-                self.fail(502, f"cannot reach a replica of API {req.api}")
+            self.fail_over(upstream, "cannot reach a replica of API %s")
             return
         if self.target is not upstream:
             gw.put_idle(conn)  # the client went away meanwhile
@@ -558,7 +557,31 @@ class _Client(asyncio.Protocol):
         self.conn = None
         upstream = self.target
         assert upstream is not None
-        self.gw.spawn(self.connect(upstream, failover=True))
+        self.gw.spawn(self.connect(upstream))  # keeps `failover`: that race is no replica failure
+
+    def fail_over(self, upstream: Upstream, message: str) -> None:
+        """`upstream` could not be reached, or closed a fresh connection before any response byte.
+
+        Resend the request once to another ready replica of the API, else answer 502 (`message` % api).
+        Rolling updates and crashes must not lose requests, and an inference request is safe to resend
+        when the replica produced no answer. Once a response byte reached the client it is never resent.
+        """
+        self.conn = None
+        self.release()
+        req = self.current
+        assert req is not None
+        other = None
+        if self.failover and not self.replied and not self.closed:
+            self.failover = False
+            gw = self.gw
+            route = gw.table.route(req.api)
+            if route is not None:
+                other = route.pick_other(gw.table.upstream_in_flight, upstream)
+        if other is not None:
+            log.debug("gateway: failing a request to API %s over from %s to %s", req.api, upstream, other)
+            self.send_to(other, failover=False)
+        else:
+            self.fail(502, message % req.api)
 
     def response_done(self, upstream_keep_alive: bool) -> None:
         req = self.current
@@ -732,12 +755,13 @@ class _UpstreamConn(asyncio.Protocol):
             return
         self.detach()
         if self.got_data:
-            client.cut()
+            client.cut()  # part of the response was relayed: never resent
         elif self.reused:
             log.debug("gateway: pooled connection to %s was closed; retrying on a new one", self.upstream)
             client.retry_fresh()
         else:
-            client.fail(502, f"replica of API {client.current.api} closed the connection")
+            log.debug("gateway: %s closed the connection before answering", self.upstream)
+            client.fail_over(self.upstream, "replica of API %s closed the connection")
 
     # --- parser callbacks ----------------------------------------------------------------------------
 
