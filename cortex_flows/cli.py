@@ -77,11 +77,33 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from cortex_flows.flows.deploy import deploy
 
     payload = json.loads(args.smoke_payload) if args.smoke_payload else None
+    return _run_rollout_flow("deploy", deploy, path=str(project.file), smoke_payload=payload, **_rollout_args(args))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    _quiet_temporary_server()
+    from cortex_flows.flows.rollback import rollback
+
+    return _run_rollout_flow("rollback", rollback, name=args.name, to=args.to, **_rollout_args(args))
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    _quiet_temporary_server()
+    from cortex_flows.flows.rollback import refresh
+
+    return _run_rollout_flow("refresh", refresh, name=args.name, **_rollout_args(args))
+
+
+def _rollout_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"cluster": args.cluster, "timeout": args.timeout, "wait": args.wait}
+
+
+def _run_rollout_flow(what: str, flow: Any, **params: Any) -> int:
+    """Run a flow that rolls APIs out; print each endpoint, or the reason it failed (exit 1)."""
     try:
-        endpoints = deploy(path=str(project.file), cluster=args.cluster, timeout=args.timeout,
-                           smoke_payload=payload)  # fmt: skip
+        endpoints = flow(**params)
     except Exception as exc:  # noqa: BLE001 - a failed flow run re-raises whatever its task raised
-        err.print(f"[red]deploy failed:[/red] {exc}", highlight=False)
+        err.print(f"{what} failed: {exc}", highlight=False, markup=False)  # reasons may hold [brackets]
         return EXIT_FAILED
     for name, url in endpoints.items():
         out.print(f"{name}: {url}", highlight=False)
@@ -217,10 +239,20 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("deploy", help="create or update the APIs of a project (runs the deploy flow)")
     d.add_argument("path", nargs="?", default=".", help="project directory or cortex.yaml (default: .)")
-    d.add_argument("--cluster", help="name of a CortexCluster block (default: the local agent)")
-    d.add_argument("--timeout", type=float, default=600.0, help="seconds a new version may take to get ready")
-    d.add_argument("--smoke-payload", help="JSON body the smoke test POSTs to each API")
+    _rollout_options(d)
+    d.add_argument("--smoke-payload", help="JSON body the smoke test POSTs to each new version")
     d.set_defaults(fn=cmd_deploy)
+
+    rb = sub.add_parser("rollback", help="roll an API back to an earlier revision (runs the rollback flow)")
+    rb.add_argument("name")
+    rb.add_argument("--to", type=int, help="revision to return to (default: the one before the current)")
+    _rollout_options(rb)
+    rb.set_defaults(fn=cmd_rollback)
+
+    rf = sub.add_parser("refresh", help="restart every replica of an API by rolling (runs the refresh flow)")
+    rf.add_argument("name")
+    _rollout_options(rf)
+    rf.set_defaults(fn=cmd_refresh)
 
     m = sub.add_parser("migrate", help="print the native cortex.yaml equivalent to a Cortex project's spec")
     m.add_argument("path", nargs="?", default=".", help="project directory or spec file (default: .)")
@@ -252,6 +284,18 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("files", nargs="+")
     b.set_defaults(fn=cmd_blocks)
     return p
+
+
+def _rollout_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", help="name of a CortexCluster block (default: the local agent)")
+    p.add_argument(
+        "--timeout", type=float, help="seconds a rollout may take before it is rolled back "
+        "(default: each API's update_strategy.progress_deadline)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-wait", dest="wait", action="store_false",
+        help="fail at once if another deploy, rollback or refresh of the API is in progress",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ the backend converges to it and reports what is actually running.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -29,6 +30,10 @@ class NotFound(BackendError):
     """The named API or version does not exist on this backend."""
 
 
+class ApiBusy(BackendError):
+    """Another deploy, rollback or refresh of the API is in progress."""
+
+
 class VersionSpec(BaseModel):
     """One version of an API as a rollout asks for it: the replica recipe plus its identities."""
 
@@ -39,6 +44,8 @@ class VersionSpec(BaseModel):
     pod_hash: str  # changes only when replicas must restart
     replica: ReplicaConfig
     spec: dict = Field(default_factory=dict)  # the API spec as deployed, for history and `get -v`
+    restart: str = ""  # set by `refresh`: part of the pod hash, kept by later deploys (Cortex's DeploymentID)
+    target_replicas: int | None = None  # replicas its rollout aims for, so an interrupted one can resume
 
 
 class Outcome(StrEnum):
@@ -59,6 +66,7 @@ class Revision(BaseModel):
     spec_hash: str
     created: datetime
     outcome: Outcome
+    version: VersionSpec | None = None  # what ran, so `rollback` can run it again
 
 
 class VersionStatus(BaseModel):
@@ -76,6 +84,8 @@ class VersionStatus(BaseModel):
     created: datetime
     restarts: int = 0  # crashes of this version's replicas so far
     message: str = ""  # why the last replica failed
+    restart: str = ""  # the version's refresh token (see VersionSpec.restart)
+    target: int | None = None  # VersionSpec.target_replicas
 
 
 class ApiState(StrEnum):
@@ -132,6 +142,15 @@ class Backend(Protocol):
 
     async def set_traffic(self, api: str, weights: dict[int, int], mirror: int | None = None) -> None:
         """Route traffic by revision -> weight (summing to 100); optionally mirror to one revision."""
+
+    async def probe(self, api: str, revision: int, payload: object | None) -> tuple[int, str]:
+        """(status, body) of one request to a ready replica of the revision, bypassing traffic weights:
+        POST `payload`, or GET `/readyz` when it is None. Lets a rollout test a version before it
+        takes traffic."""
+
+    def hold(self, api: str, *, wait: bool, what: str) -> AbstractContextManager[None]:
+        """Exclusive right to change the API, across processes, released if the holder dies. Blocks
+        while another holder has it (or raises ApiBusy at once when `wait` is false)."""
 
     async def scale_version(self, api: str, revision: int, replicas: int) -> None:
         """Set a version's desired replicas; scale-downs drain before stopping."""

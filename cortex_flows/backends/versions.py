@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from cortex_flows.backends.base import VersionSpec
+from cortex_flows.rollout.plan import DeployPlan
 from cortex_flows.serving.config import HandlerRef, PackageRef, ReplicaConfig, S3Access
 from cortex_flows.spec import RealtimeAPI, pod_hash, spec_hash
 
 
-def version_spec(api: RealtimeAPI, package: PackageRef, revision: int, s3: S3Access | None = None) -> VersionSpec:
+def version_spec(api: RealtimeAPI, package: PackageRef, plan: DeployPlan, s3: S3Access | None = None) -> VersionSpec:
+    """The version a deploy plan asks for; its hashes include the plan's refresh token."""
+    revision = plan.revision
     replica = ReplicaConfig(
         api_name=api.name,
         revision=revision,
@@ -30,8 +33,10 @@ def version_spec(api: RealtimeAPI, package: PackageRef, revision: int, s3: S3Acc
         revision=revision,
         endpoint=api.endpoint,
         package_id=package.sha256,
-        spec_hash=spec_hash(api, package.sha256),
-        pod_hash=pod_hash(api, package.sha256),
+        spec_hash=spec_hash(api, package.sha256, plan.restart),
+        pod_hash=pod_hash(api, package.sha256, plan.restart),
         replica=replica,
         spec=api.model_dump(mode="json"),
+        restart=plan.restart,
+        target_replicas=plan.replicas,
     )

@@ -20,6 +20,7 @@ class LiveVersion(NamedTuple):
     spec_hash: str
     pod_hash: str
     desired: int
+    target: int | None = None  # replicas its rollout aims for (known while one is unfinished)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class DeployPlan:
     revision: int  # the revision that serves when the deploy is done
     replicas: int
     previous: tuple[int, ...] = ()  # revisions to drain once the new one serves
+    restart: str = ""  # the refresh token the version carries (see VersionSpec.restart)
 
 
 def clamp(value: int, low: int, high: int) -> int:
@@ -43,18 +45,22 @@ def plan_deploy(
     init_replicas: int,
     min_replicas: int,
     max_replicas: int,
+    restart: str = "",
 ) -> DeployPlan:
     """Decide the deploy. Replica count follows Cortex: keep what runs (if > 0), else `init_replicas`,
-    clamped to the new [min, max]."""
+    clamped to the new [min, max]. A newest version matching the spec with older ones still live is an
+    interrupted rollout: IN_PLACE with those as `previous`, which finishes it."""
     if not live:
-        return DeployPlan(Action.CREATE, last_revision + 1, init_replicas)
+        return DeployPlan(Action.CREATE, last_revision + 1, init_replicas, restart=restart)
     current = max(live, key=lambda v: v.revision)
     others = tuple(v.revision for v in live if v.revision != current.revision)
-    keep = current.desired if current.desired > 0 else init_replicas
+    # An unfinished rollout (older versions still live) aims for its target, not its partial count.
+    running = current.target if others and current.target is not None else current.desired
+    keep = running if running > 0 else init_replicas
     replicas = clamp(keep, min_replicas, max_replicas)
     if current.pod_hash == pod_hash:
         if current.spec_hash == spec_hash and not others:
-            return DeployPlan(Action.UP_TO_DATE, current.revision, current.desired)
-        return DeployPlan(Action.IN_PLACE, current.revision, replicas, others)
+            return DeployPlan(Action.UP_TO_DATE, current.revision, current.desired, restart=restart)
+        return DeployPlan(Action.IN_PLACE, current.revision, replicas, others, restart)
     revision = max(last_revision, *(v.revision for v in live)) + 1
-    return DeployPlan(Action.ROLL, revision, replicas, (*others, current.revision))
+    return DeployPlan(Action.ROLL, revision, replicas, (*others, current.revision), restart)

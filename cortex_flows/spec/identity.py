@@ -14,32 +14,39 @@ import hashlib
 import json
 from typing import Any
 
-from cortex_flows.spec.models import ApiSpec, Compute, Dependencies
+from cortex_flows.spec.models import ApiSpec, Compute, Dependencies, UpdateStrategy
 
 POD_FIELDS = ("handler", "model_path", "config", "env", "dependencies", "compute", "pod")
 # Dotted paths of fields added since the first release -> their defaults (as dumped to JSON)
 ADDED_POD_FIELDS = {"env": {}, "dependencies": Dependencies().model_dump(mode="json"), "handler.python_path": None}
 SPEC_FIELDS = ("autoscaling", "update_strategy", "networking")
+ADDED_SPEC_FIELDS = {"update_strategy.progress_deadline": UpdateStrategy().progress_deadline}
 HASH_LENGTH = 32  # hex characters, as Cortex truncates its spec ids
 
 
-def pod_hash(api: ApiSpec, package_id: str) -> str:
-    """Changes exactly when running replicas must be replaced."""
-    identity = _without_added_defaults(api.model_dump(mode="json", include={"name", "kind", *POD_FIELDS}))
+def pod_hash(api: ApiSpec, package_id: str, restart: str = "") -> str:
+    """Changes exactly when running replicas must be replaced; `restart` is a refresh's token."""
+    identity = _without_added_defaults(
+        api.model_dump(mode="json", include={"name", "kind", *POD_FIELDS}), ADDED_POD_FIELDS
+    )
     identity["compute"] = _compute_identity(api.compute)
     identity["package_id"] = package_id
+    if restart:
+        identity["restart"] = restart
     return _digest(identity)
 
 
-def spec_hash(api: ApiSpec, package_id: str) -> str:
+def spec_hash(api: ApiSpec, package_id: str, restart: str = "") -> str:
     """Changes whenever anything deployable changes; equal spec hashes mean nothing to do."""
-    identity = api.model_dump(mode="json", include=set(SPEC_FIELDS))
-    identity["pod_hash"] = pod_hash(api, package_id)
+    identity = _without_added_defaults(api.model_dump(mode="json", include=set(SPEC_FIELDS)), ADDED_SPEC_FIELDS)
+    identity["pod_hash"] = pod_hash(api, package_id, restart)
     return _digest(identity)
 
 
-def _without_added_defaults(identity: dict[str, Any]) -> dict[str, Any]:
-    for path, default in ADDED_POD_FIELDS.items():
+def _without_added_defaults(identity: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """Leave out fields added since the first release while they hold their defaults, so upgrading
+    cortex-flows never changes the hashes of what runs."""
+    for path, default in added.items():
         *parents, name = path.split(".")
         parent = identity
         for key in parents:

@@ -297,6 +297,11 @@ class UpdateStrategy(SpecModel):
 
     max_surge: IntOrPercent = "25%"
     max_unavailable: IntOrPercent = "25%"
+    progress_deadline: Duration = "10m"  # a rollout not done by then is rolled back (Kubernetes' default)
+
+    @property
+    def progress_deadline_seconds(self) -> float:
+        return duration_seconds(self.progress_deadline)
 
     @model_validator(mode="after")
     def _can_make_progress(self) -> UpdateStrategy:

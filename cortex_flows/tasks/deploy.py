@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 from prefect import get_run_logger, task
 
-from cortex_flows.backends.base import BackendError, Outcome, VersionStatus
+from cortex_flows.backends.base import Outcome
 from cortex_flows.backends.versions import version_spec
 from cortex_flows.blocks import CortexCluster
 from cortex_flows.packaging.build import BuiltPackage, build_package
@@ -20,12 +17,6 @@ from cortex_flows.serving.config import PackageRef
 from cortex_flows.spec import ProjectSpec, RealtimeAPI, load_spec, pod_hash, spec_hash
 from cortex_flows.tasks.clusters import replica_aws_access, s3_client
 from cortex_flows.tasks.retry import INFRA_RETRIES
-
-CRASH_LOOP_RESTARTS = 3
-
-
-class RolloutFailed(Exception):
-    """The new version could not serve; what ran before keeps serving."""
 
 
 @task(task_run_name="load spec")
@@ -58,19 +49,25 @@ def store(built: BuiltPackage, cluster: CortexCluster) -> PackageRef:
 
 
 @task(task_run_name="plan {api.name}", **INFRA_RETRIES)
-async def plan(api: RealtimeAPI, package: PackageRef, cluster: CortexCluster) -> DeployPlan:
+async def plan(api: RealtimeAPI, package: PackageRef, cluster: CortexCluster, restart: str | None = None) -> DeployPlan:
+    """Decide what the deploy does. The pod identity carries the live version's refresh token, so a
+    deploy after `refresh` is up to date; `restart` (from `refresh`) sets a new token, forcing a roll."""
     backend = cluster.get_backend()
     status = await backend.status(api.name)
-    live = [LiveVersion(v.revision, v.spec_hash, v.pod_hash, v.desired) for v in (status.versions if status else [])]
+    versions = status.versions if status else []
+    live = [LiveVersion(v.revision, v.spec_hash, v.pod_hash, v.desired, v.target) for v in versions]
     history = await backend.history(api.name) if status else []
+    newest = max(versions, key=lambda v: v.revision, default=None)
+    token = restart if restart is not None else newest.restart if newest else ""
     decided = plan_deploy(
-        spec_hash=spec_hash(api, package.sha256),
-        pod_hash=pod_hash(api, package.sha256),
+        spec_hash=spec_hash(api, package.sha256, token),
+        pod_hash=pod_hash(api, package.sha256, token),
         live=live,
         last_revision=max((r.revision for r in history), default=0),
         init_replicas=api.init_replicas,
         min_replicas=api.autoscaling.min_replicas,
         max_replicas=api.autoscaling.max_replicas,
+        restart=token,
     )
     get_run_logger().info("%s: %s -> revision %d with %d replica(s)", api.name, decided.action, decided.revision,
                           decided.replicas)  # fmt: skip
@@ -88,69 +85,22 @@ async def prepare(
     if not (project_dir / api.dependencies.pip).is_file():
         return  # nothing to install (a file absent from the project is absent from its package)
     s3, secret_env = replica_aws_access(cluster)
-    version = version_spec(api, package, decided.revision, s3)
+    version = version_spec(api, package, decided, s3)
     get_run_logger().info("%s: %s", api.name, await cluster.get_backend().prepare_version(api.name, version, secret_env))
 
 
 @task(task_run_name="apply {api.name}", **INFRA_RETRIES)
 async def apply(api: RealtimeAPI, package: PackageRef, decided: DeployPlan, cluster: CortexCluster) -> None:
+    """Create the plan's version with no replicas (the rollout starts them), or update it in place
+    keeping its replicas."""
     if decided.action is Action.UP_TO_DATE:
         return
     s3, secret_env = replica_aws_access(cluster)
-    version = version_spec(api, package, decided.revision, s3)
-    await cluster.get_backend().apply_version(api.name, version, decided.replicas, secret_env)
-
-
-async def _abandon(cluster: CortexCluster, api: str, decided: DeployPlan) -> None:
-    """Put traffic back on what served before and remove the new version."""
-    if decided.action is Action.ROLL and decided.previous:
-        backend = cluster.get_backend()
-        await backend.set_traffic(api, {decided.previous[-1]: 100})
-        await backend.remove_version(api, decided.revision, Outcome.FAILED)
-
-
-@task(task_run_name="wait for {api_name}")
-async def wait_ready(api_name: str, decided: DeployPlan, cluster: CortexCluster, timeout: float) -> VersionStatus:
-    """Poll until every replica of the new version is ready; give up on the deadline or a crash loop."""
+    version = version_spec(api, package, decided, s3)
     backend = cluster.get_backend()
-    deadline = time.monotonic() + timeout
-    while True:
-        status = await backend.status(api_name)
-        version = next((v for v in status.versions if v.revision == decided.revision), None) if status else None
-        if version is None:
-            raise RolloutFailed(f"{api_name}: revision {decided.revision} disappeared")
-        if version.ready >= version.desired:
-            return version
-        if version.restarts >= CRASH_LOOP_RESTARTS:
-            reason = f"{api_name}: replicas crash-looping ({version.restarts} restarts): {version.message}"
-        elif time.monotonic() > deadline:
-            reason = f"{api_name}: not ready after {timeout:.0f}s ({version.ready}/{version.desired} ready)"
-        else:
-            await asyncio.sleep(0.1)
-            continue
-        await _abandon(cluster, api_name, decided)
-        raise RolloutFailed(reason)
-
-
-@task(task_run_name="smoke test {api.name}", **INFRA_RETRIES)
-async def smoke_test(api: RealtimeAPI, decided: DeployPlan, cluster: CortexCluster, payload: object | None) -> str:
-    """Send traffic to the new version through the gateway: its readiness, and the payload if given."""
-    backend = cluster.get_backend()
-    if decided.action is Action.ROLL:
-        await backend.set_traffic(api.name, {decided.revision: 100})
-    url = backend.endpoint_url(api.endpoint)
-    async with httpx.AsyncClient(timeout=30.0) as client:
-        checks = [client.get(f"{url}/readyz")]
-        if payload is not None:
-            checks.append(client.post(url, json=payload))
-        responses = await asyncio.gather(*checks)
-    bad = [r for r in responses if r.status_code >= 400]
-    if bad:
-        await _abandon(cluster, api.name, decided)
-        if any(r.status_code >= 500 for r in bad):
-            raise BackendError(f"{api.name}: smoke test got HTTP {bad[0].status_code}: {bad[0].text[:200]}")
-        raise RolloutFailed(f"{api.name}: smoke test got HTTP {bad[0].status_code}: {bad[0].text[:200]}")
-    return url
+    status = await backend.status(api.name)
+    current = next((v for v in status.versions if v.revision == decided.revision), None) if status else None
+    await backend.apply_version(api.name, version, current.desired if current else 0, secret_env)
 
 
 @task(task_run_name="finish {api_name}", **INFRA_RETRIES)

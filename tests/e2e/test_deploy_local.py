@@ -91,9 +91,9 @@ def test_two_apis_in_one_spec_deploy_concurrently(prefect_api, local_cluster, tm
     for name in ("iris-classifier", "iris-twin"):
         assert httpx.post(f"{local_cluster['gateway']}/{name}", json=SETOSA).json() == {"prediction": "setosa"}
     runs = asyncio.run(_task_runs(state.state_details.flow_run_id))
-    waits = {r.name.removeprefix("wait for "): r for r in runs if r.name.startswith("wait for ")}
-    a, b = waits["iris-classifier"], waits["iris-twin"]
-    assert a.start_time < b.end_time and b.start_time < a.end_time, "the two APIs' readiness waits did not overlap"
+    rolls = {r.name.removeprefix("roll "): r for r in runs if r.name.startswith("roll ")}
+    a, b = rolls["iris-classifier"], rolls["iris-twin"]
+    assert a.start_time < b.end_time and b.start_time < a.end_time, "the two APIs' rollouts did not overlap"
 
 
 def test_agent_killed_comes_back_with_every_api_and_no_orphans(prefect_api, local_cluster, tmp_path):

@@ -18,6 +18,7 @@ from cortex_flows.backends.versions import version_spec
 from cortex_flows.packaging.build import build_package
 from cortex_flows.packaging.digest import sha256_file
 from cortex_flows.packaging.store import LocalStore
+from cortex_flows.rollout.plan import Action, DeployPlan
 from cortex_flows.serving.config import PackageRef
 from cortex_flows.spec import parse_spec
 from tests.helpers import serving_pids, wait_for
@@ -75,7 +76,7 @@ def wait_ready(backend: LocalBackend, api: str, revision: int, timeout: float = 
 def deploy_version(backend, api, tmp_path, revision=1, replicas=1):
     store = LocalStore(backend.home.packages)
     package = stored(tmp_path / api.name, store, tmp_path)
-    run(backend.apply_version(api.name, version_spec(api, package, revision), replicas))
+    run(backend.apply_version(api.name, version_spec(api, package, DeployPlan(Action.CREATE, revision, 1)), replicas))
     return wait_ready(backend, api.name, revision)
 
 
@@ -126,7 +127,7 @@ def test_new_version_takes_traffic_without_dropping_a_request(backend, local_clu
     wait_for(lambda: len(results) > 50, 10, what="load to start")
     v2 = make_project(tmp_path / "live", "live", tag="v2")
     package = stored(tmp_path / "live", LocalStore(backend.home.packages), tmp_path)
-    run(backend.apply_version("live", version_spec(v2, package, 2), 2))
+    run(backend.apply_version("live", version_spec(v2, package, DeployPlan(Action.CREATE, 2, 1)), 2))
     wait_ready(backend, "live", 2)
     run(backend.set_traffic("live", {2: 100}))
     run(backend.remove_version("live", 1, Outcome.SUPERSEDED))
@@ -173,7 +174,7 @@ def test_tampered_package_is_refused_and_other_apis_keep_serving(backend, local_
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0xFF
     archive.write_bytes(bytes(data))
-    run(backend.apply_version("bad", version_spec(bad, package, 1), 1))
+    run(backend.apply_version("bad", version_spec(bad, package, DeployPlan(Action.CREATE, 1, 1)), 1))
     assert "hash mismatch" in _crash_reason(backend, "bad")
     assert run(backend.status("bad")).state is ApiState.ERROR
     assert httpx.post(f"{local_cluster['gateway']}/good", json={"x": 1}).status_code == 200
@@ -193,7 +194,7 @@ def test_package_escaping_its_directory_is_refused(backend, local_cluster, tmp_p
     tmp.write_bytes(buf.getvalue())
     sha = sha256_file(tmp)
     archive = tmp.rename(packages / f"{sha}.tar.gz")
-    run(backend.apply_version("evil", version_spec(evil, PackageRef(uri=archive.as_uri(), sha256=sha), 1), 1))
+    run(backend.apply_version("evil", version_spec(evil, PackageRef(uri=archive.as_uri(), sha256=sha), DeployPlan(Action.CREATE, 1, 1)), 1))
     assert "unsafe package member" in _crash_reason(backend, "evil")
     assert not (backend.home.cache / "escaped.txt").exists() and not (backend.home.root / "escaped.txt").exists()
 
@@ -213,7 +214,7 @@ def test_two_agents_with_their_own_homes_and_ports_coexist(tmp_path, local_clust
         for backend, tag in ((first, "one"), (second, "two")):
             api = make_project(tmp_path / tag, "same-name", tag=tag)
             package = stored(tmp_path / tag, LocalStore(backend.home.packages), tmp_path / f"b-{tag}")
-            run(backend.apply_version("same-name", version_spec(api, package, 1), 1))
+            run(backend.apply_version("same-name", version_spec(api, package, DeployPlan(Action.CREATE, 1, 1)), 1))
             wait_ready(backend, "same-name", 1)
         assert httpx.post(f"{local_cluster['gateway']}/same-name", json={}).json()["tag"] == "one"
         assert httpx.post(f"http://127.0.0.1:{other_port}/same-name", json={}).json()["tag"] == "two"

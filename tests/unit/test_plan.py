@@ -47,3 +47,13 @@ def test_leftover_versions_are_drained_even_when_spec_matches():
 @pytest.mark.parametrize("live_desired,expected", [(0, 2), (1, 1), (5, 5), (50, 5)])
 def test_roll_replicas_clamped(live_desired, expected):
     assert plan([LiveVersion(1, "s0", "p0", live_desired)]).replicas == expected
+
+
+def test_an_interrupted_rollout_resumes_towards_its_target():
+    p = plan([LiveVersion(2, "s0", "p0", 1), LiveVersion(3, "s1", "p1", 2, target=4)])
+    assert (p.action, p.revision, p.replicas, p.previous) == (Action.IN_PLACE, 3, 4, (2,))
+
+
+def test_a_target_is_ignored_once_the_rollout_finished():
+    p = plan([LiveVersion(3, "s0", "p1", 2, target=4)], spec="s1")
+    assert (p.action, p.replicas) == (Action.IN_PLACE, 2)

@@ -120,7 +120,7 @@ def test_minimal_spec_gets_every_cortex_default(project: Path) -> None:
                 "downscale_tolerance": 0.05,
                 "upscale_tolerance": 0.05,
             },
-            "update_strategy": {"max_surge": "25%", "max_unavailable": "25%"},
+            "update_strategy": {"max_surge": "25%", "max_unavailable": "25%", "progress_deadline": "10m"},
             "networking": {"endpoint": "/iris"},
         }
     ]

@@ -18,6 +18,8 @@ import signal
 import socket
 from pathlib import Path
 
+import httpx
+
 from cortex_flows.backends.base import (
     ApiStatus,
     BackendError,
@@ -34,6 +36,8 @@ from cortex_flows.backends.local.state import ApiRecord, VersionState, load_stat
 from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS, Supervisor, log_tail
 
 log = logging.getLogger("cortex_flows.agent")
+
+PROBE_TIMEOUT = 60.0
 
 
 class Agent:
@@ -190,13 +194,26 @@ class Agent:
                     revision=revision, package_id=v.spec.package_id, spec_hash=v.spec.spec_hash,
                     pod_hash=v.spec.pod_hash, desired=v.replicas, ready=ready, starting=starting,
                     failed=failed, weight=rec.weights.get(revision, 0), created=v.created, restarts=restarts,
-                    message=message,
+                    message=message, restart=v.spec.restart, target=v.spec.target_replicas,
                 )
             )  # fmt: skip
         return ApiStatus(
             name=api, endpoint=rec.endpoint, state=summarize(versions), versions=versions,
             last_update=rec.last_update, mirror=rec.mirror,
         )  # fmt: skip
+
+    async def probe(self, api: str, revision: int, payload: object | None) -> tuple[int, str]:
+        self._record(api)
+        ready = self.supervisor.ready_upstreams(api, revision)
+        if not ready:
+            raise BackendError(f"revision {revision} of {api!r} has no ready replica", status=409, transient=True)
+        url = f"http://{ready[0].host}:{ready[0].port}"
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client:
+            try:
+                resp = await (client.get(f"{url}/readyz") if payload is None else client.post(url, json=payload))
+            except httpx.HTTPError as exc:
+                raise BackendError(f"probe of {api!r} r{revision} failed: {exc!r}", status=502) from exc
+        return resp.status_code, resp.text
 
     def history(self, api: str) -> list[Revision]:
         return self._record(api).history

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from cortex_flows.backends.base import (
+    ApiBusy,
     ApiStatus,
     BackendError,
     NotFound,
@@ -28,6 +32,7 @@ from cortex_flows.packaging.dependencies import PIP_TIMEOUT_SECONDS
 from cortex_flows.processes import pid_alive
 
 PREPARE_LOGGER = "cortex_flows.serving"
+log = logging.getLogger("cortex_flows.local")
 
 AGENT_START_TIMEOUT = 30.0
 # Removing a version drains its replicas, bounded by their grace period, so allow for that.
@@ -182,6 +187,36 @@ class LocalBackend:
 
     async def set_traffic(self, api: str, weights: dict[int, int], mirror: int | None = None) -> None:
         await self._call("PUT", f"/v1/apis/{api}/traffic", json={"weights": weights, "mirror": mirror})
+
+    async def probe(self, api: str, revision: int, payload: object | None) -> tuple[int, str]:
+        body = None if payload is None else {"payload": payload}
+        data = (await self._call("POST", f"/v1/apis/{api}/versions/{revision}/probe", json=body)).json()
+        return data["status"], data["body"]
+
+    @contextlib.contextmanager
+    def hold(self, api: str, *, wait: bool, what: str) -> Iterator[None]:
+        """An exclusive flock on `locks/<api>.lock` in the agent's home: any process on this machine that
+        changes the API takes it, and the kernel releases it if the holder dies."""
+        self.home.ensure()
+        path = self.home.locks / f"{api}.lock"
+        with open(path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                if not wait:
+                    raise ApiBusy(f"{api}: {holder} is in progress; try again when it ends", status=409) from None
+                log.info("%s: waiting for %s to finish", api, holder)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            lock.truncate(0)
+            lock.write(f"{what} (pid {os.getpid()})")
+            lock.flush()
+            try:
+                yield
+            finally:
+                lock.truncate(0)
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     async def scale_version(self, api: str, revision: int, replicas: int) -> None:
         await self._call("PUT", f"/v1/apis/{api}/versions/{revision}/replicas", json={"replicas": replicas})

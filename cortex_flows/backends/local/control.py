@@ -94,6 +94,13 @@ def control_app(agent: Agent, token: str, stop: asyncio.Event) -> Starlette:
         await agent.set_traffic(request.path_params["api"], body.weights, body.mirror)
         return JSONResponse({"ok": True})
 
+    async def probe(request: Request) -> Response:
+        body = await request.body()
+        status, text = await agent.probe(
+            request.path_params["api"], request.path_params["rev"], json.loads(body)["payload"] if body else None
+        )
+        return JSONResponse({"status": status, "body": text})
+
     async def history(request: Request) -> Response:
         revisions = agent.history(request.path_params["api"])
         return JSONResponse([r.model_dump(mode="json") for r in revisions])
@@ -121,5 +128,6 @@ def control_app(agent: Agent, token: str, stop: asyncio.Event) -> Starlette:
         Route(version, guarded(remove), methods=["DELETE"]),
         Route(version + "/replicas", guarded(scale), methods=["PUT"]),
         Route(version + "/outcome", guarded(outcome), methods=["PUT"]),
+        Route(version + "/probe", guarded(probe), methods=["POST"]),
     ]
     return Starlette(routes=routes)

@@ -62,7 +62,7 @@ class LocalHome:
         return cls(default_home())
 
     def ensure(self) -> LocalHome:
-        for d in (self.root, self.logs, self.packages, self.cache, self.replicas, self.secrets):
+        for d in (self.root, self.logs, self.packages, self.cache, self.replicas, self.secrets, self.locks):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         os.chmod(self.secrets, 0o700)
@@ -103,6 +103,10 @@ class LocalHome:
     @property
     def secrets(self) -> Path:
         return self.root / "secrets"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"  # one per API, held while a flow changes it
 
     def token(self, create: bool = False) -> str | None:
         """The control API's bearer token; the agent creates it (mode 0600) at start."""

@@ -48,6 +48,7 @@ class ApiRecord(BaseModel):
             spec_hash=spec.spec_hash,
             created=now(),
             outcome=Outcome.PENDING,
+            version=spec,
         )
         self.history = [entry, *self.history][:HISTORY_LIMIT]
 
