@@ -97,3 +97,42 @@ def make_wheel(directory: Path, name: str, version: str, module_source: str) -> 
         for path, text in files.items():
             archive.writestr(path, text)
     return wheel
+
+
+class BackgroundLoad:
+    """Bounded closed-loop load from `connections` keep-alive clients in threads, each POSTing `payload`
+    until stopped (or `limit` requests, or `max_seconds`). Each outcome is the answering revision
+    (`X-Cortex-Revision`) for a 200, else "HTTP <status>" or the exception's name."""
+
+    def __init__(self, url: str, payload: object, connections: int = 16, limit: int = 60000,
+                 max_seconds: float = 180.0) -> None:  # fmt: skip
+        import threading
+
+        self.url, self.payload, self.limit = url, payload, limit
+        self.deadline = time.monotonic() + max_seconds
+        self.outcomes: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(connections)]
+        for thread in self._threads:
+            thread.start()
+
+    def _client(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set() and len(self.outcomes) < self.limit and time.monotonic() < self.deadline:
+                try:
+                    resp = client.post(self.url, json=self.payload)
+                    ok = resp.status_code == 200
+                    self.outcomes.append(resp.headers["x-cortex-revision"] if ok else f"HTTP {resp.status_code}")
+                except httpx.HTTPError as exc:
+                    self.outcomes.append(type(exc).__name__)
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> None:
+        wait_for(lambda: len(self.outcomes) >= count, timeout, what=f"{count} responses")
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=40)
+        return list(self.outcomes)

@@ -63,7 +63,7 @@ def rollback(
 ) -> dict[str, str]:
     """Roll the API back to revision `to` (default: the one before the current), as a new revision."""
     target = load_cluster(cluster)
-    version = find_version(name, target, to, current=False)
+    version = find_version.submit(name, target, to, current=False).result()
     return run_rollouts("rollback", [_rollout(version, version.restart)], target, project_dir=None,
                         timeout=timeout, smoke_payload=None, wait_for_others=wait, source=f"of {name} to r{version.revision}")  # fmt: skip
 
@@ -74,6 +74,6 @@ def refresh(
 ) -> dict[str, str]:
     """Restart every replica of the API by rolling, without a spec change (Cortex's `refresh`)."""
     target = load_cluster(cluster)
-    version = find_version(name, target, None, current=True)
+    version = find_version.submit(name, target, None, current=True).result()
     return run_rollouts("refresh", [_rollout(version, secrets.token_hex(8))], target, project_dir=None,
                         timeout=timeout, smoke_payload=None, wait_for_others=wait, source=f"of {name}")  # fmt: skip

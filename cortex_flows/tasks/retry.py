@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from prefect.states import get_state_exception
 from prefect.tasks import exponential_backoff
 
 from cortex_flows.aws.clients import is_transient_aws_error
@@ -23,12 +24,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """A Prefect `retry_condition_fn`."""
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - classifying the failure is the point
-        return is_transient(exc)
-    return False
+    """A Prefect `retry_condition_fn`. It reads the exception off the state rather than calling
+    `state.result()`, which in an async task returns an un-awaited coroutine instead of raising."""
+    exc = state.data if isinstance(state.data, BaseException) else get_state_exception(state)
+    return is_transient(exc)
 
 
 INFRA_RETRIES: dict[str, Any] = {

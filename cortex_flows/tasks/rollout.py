@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 from prefect.events import emit_event
 
-from cortex_flows.backends.base import Backend, Outcome, VersionStatus
+from cortex_flows.backends.base import Backend, BackendError, Outcome, VersionStatus
 from cortex_flows.blocks import CortexCluster
 from cortex_flows.rollout.plan import Action, DeployPlan
 from cortex_flows.rollout.rolling import rolling_steps, shrink_oldest, traffic_weights
@@ -105,7 +105,12 @@ async def smoke_test(api: str, revision: int, cluster: CortexCluster, payload: o
     backend = cluster.get_backend()
     checks = [None] if payload is None else [None, payload]
     for check in checks:
-        code, body = await backend.probe(api, revision, check)
+        try:
+            code, body = await backend.probe(api, revision, check)
+        except BackendError as exc:
+            if exc.transient:
+                raise  # e.g. no replica ready at this instant: the task retries
+            raise RolloutFailed(f"{api}: smoke test of revision {revision} failed: {exc}") from exc
         if code >= 400:
             raise RolloutFailed(f"{api}: smoke test of revision {revision} got HTTP {code}: {body[:300]}")
 
@@ -166,7 +171,7 @@ async def roll(
             new = _version(await backend.status(api.name), decided.revision)
             await aupdate_progress_artifact(progress, 100.0 * index / len(steps))
         await _move_traffic(api.name, backend, cluster, {decided.revision})
-    except RolloutFailed as exc:
+    except Exception as exc:  # whatever stopped the rollout, the traffic goes back
         logger.error("%s", exc)
         timeline.add(f"aborted: {exc}")
         await roll_back(api.name, decided, cluster, timeline)

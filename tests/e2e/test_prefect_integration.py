@@ -6,6 +6,7 @@ import asyncio
 import sys
 from uuid import UUID
 
+import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect_aws import AwsCredentials
@@ -73,3 +74,39 @@ def test_deploy_run_is_named_for_its_apis_and_revisions(prefect_api, local_clust
             return (await client.read_flow_run(state.state_details.flow_run_id)).name
 
     assert asyncio.run(name()) == "deploy iris-classifier r1"
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_sync_and_async_tasks_retry_transient_failures_only(prefect_api, is_async):
+    from prefect import flow, task
+
+    from cortex_flows.backends.base import BackendError
+    from cortex_flows.tasks.retry import INFRA_RETRIES
+
+    attempts: list[str] = []
+    retries = {**INFRA_RETRIES, "retry_delay_seconds": 0}
+
+    def body(transient: bool) -> str:
+        attempts.append("x")
+        if len(attempts) < 3 or not transient:
+            raise BackendError("agent hiccup", transient=transient)
+        return "done"
+
+    if is_async:
+
+        @task(**retries)
+        async def step(transient: bool) -> str:
+            return body(transient)
+    else:
+
+        @task(**retries)
+        def step(transient: bool) -> str:
+            return body(transient)
+
+    @flow
+    def run(transient: bool) -> str:
+        return step.submit(transient).result()
+
+    assert run(True) == "done" and len(attempts) == 3
+    attempts.clear()
+    assert run(False, return_state=True).is_failed() and len(attempts) == 1
