@@ -65,7 +65,9 @@ def serve_load(port: int, path: str, connections: int, seconds: float) -> None:
     async def main() -> LoadResult:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
         print("started", flush=True)
-        return await loadgen.run_load("127.0.0.1", port, path, BODY, connections=connections, duration=seconds)
+        return await loadgen.run_load(
+            "127.0.0.1", port, path, BODY, connections=connections, duration=seconds
+        )
 
     loadgen.use_uvloop()
     print(json.dumps(asdict(asyncio.run(main()))), flush=True)
@@ -149,7 +151,8 @@ async def _report(flow_run_id: object) -> str:
     async with get_client() as client:
         found = await client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=["deploy-report"])
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=["deploy-report"]),
             )
         )
     return found[0].data if found else ""
@@ -196,7 +199,9 @@ def main() -> None:
     parser.add_argument("-c", "--connections", type=int, default=16)
     parser.add_argument("--steady", type=float, default=8.0, help="seconds of steady-state load")
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--max-rollout", type=float, default=120.0, help="bound on the rollout (and its load)")
+    parser.add_argument(
+        "--max-rollout", type=float, default=120.0, help="bound on the rollout (and its load)"
+    )
     parser.add_argument("--runs", type=int, default=3, help="replica start-to-ready measurements")
     parser.add_argument("--serve-load", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -252,7 +257,9 @@ def main() -> None:
     start_to_ready = statistics.median(ready_times)
     floor = start_to_ready * n_batches
 
-    print(f"\nRolling update of {NAME}, {REPLICAS} replicas, {args.connections} connections through the gateway")
+    print(
+        f"\nRolling update of {NAME}, {REPLICAS} replicas, {args.connections} connections through the gateway"
+    )
     if not state.is_completed():
         print(f"  THE DEPLOY FLOW ENDED {state.type.value}: {state.message}")
     print(f"  steady state ({args.steady:.0f} s)   {steady.summary()}")
@@ -260,7 +267,9 @@ def main() -> None:
     print(f"  p50 during / steady         {during.p50_ms / steady.p50_ms:7.2f} x")
     print(f"  p99 during / steady         {during.p99_ms / steady.p99_ms:7.2f} x   (goal <= 2)")
     print(f"  throughput during / steady  {during.throughput / steady.throughput:7.2f} x")
-    print(f"  errors during the rollout   {sum(during.errors.values()):7d}     (goal 0)  {during.errors or ''}")
+    print(
+        f"  errors during the rollout   {sum(during.errors.values()):7d}     (goal 0)  {during.errors or ''}"
+    )
     print("\nRollout duration vs its floor")
     print(f"  deploy flow wall time                        {flow_wall:7.2f} s")
     print(f"  roll task (first to last timeline event)     {roll_span:7.2f} s")
@@ -271,9 +280,13 @@ def main() -> None:
     print(f"  ratio roll task / floor                      {roll_span / floor:7.2f} x")
     print(f"  ratio deploy flow / floor                    {flow_wall / floor:7.2f} x")
     if waits:
-        print(f"  the roll's waits for each batch (timeline)   {', '.join(f'{w / 1000:.2f}' for w in waits)} s")
-    print(f"  (for reference) start-to-ready under load    {busy_ready:7.2f} s   -> floor x {n_batches} = "
-          f"{busy_ready * n_batches:.2f} s, roll task / that {roll_span / (busy_ready * n_batches):.2f} x")
+        print(
+            f"  the roll's waits for each batch (timeline)   {', '.join(f'{w / 1000:.2f}' for w in waits)} s"
+        )
+    print(
+        f"  (for reference) start-to-ready under load    {busy_ready:7.2f} s   -> floor x {n_batches} = "
+        f"{busy_ready * n_batches:.2f} s, roll task / that {roll_span / (busy_ready * n_batches):.2f} x"
+    )
     print("\nTimeline of the roll task (UTC)")
     for line in timeline:
         print(f"  {line}")

@@ -12,6 +12,7 @@ BENCHES = (
     ["bench_gateway.py", "--replica"],  # the real case: our replica serving the iris model
     ["bench_gateway.py"],  # the worst case: an upstream that does no work at all
     ["bench_deploy.py"],
+    ["bench_rollout.py"],  # latency and errors during a rolling update, its duration vs its floor
 )
 
 if __name__ == "__main__":

@@ -118,6 +118,9 @@ class Replica:
             metrics=self.metrics,
         )
         self.executor = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="handler")
+        # Not the loop's default executor: closing the loop joins that one, so a handler stuck in its
+        # constructor would hold a stopping replica until the constructor returned.
+        self.loader = ThreadPoolExecutor(1, thread_name_prefix="load")
         self.server = _Server(
             uvicorn.Config(
                 self.app,
@@ -144,6 +147,7 @@ class Replica:
         for task in background:
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.loader.shutdown(wait=False, cancel_futures=True)
         if self.failure is not None:
             log.critical("load failed: %s", self.failure)  # the last line the supervisor reads
             return EXIT_LOAD_FAILED
@@ -165,13 +169,14 @@ class Replica:
         config = self.config
         step = "preparing the project"
         try:
-            project_dir, environment = await asyncio.to_thread(prepare, config)
+            loop = asyncio.get_running_loop()
+            project_dir, environment = await loop.run_in_executor(self.loader, prepare, config)
             if environment is not None:
                 activate(environment)
                 log.info("dependencies from %s (environment %s)", config.requirements, environment.key)
             step = "loading the handler"
-            invoker = await asyncio.to_thread(
-                load_handler, config, project_dir, cache_dir_of(config), self.executor
+            invoker = await loop.run_in_executor(
+                self.loader, load_handler, config, project_dir, cache_dir_of(config), self.executor
             )
         except Exception as exc:
             if self.app.draining:

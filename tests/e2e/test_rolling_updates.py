@@ -35,6 +35,8 @@ class Handler:
             raise RuntimeError("the weights file is corrupt")
         if config.get("fail") == "later":
             threading.Timer(0.4, os._exit, (3,)).start()
+        if config.get("fail") == "slow":
+            time.sleep(60)
 
     def handle_post(self, payload):
         time.sleep(0.002)
@@ -130,16 +132,22 @@ def test_update_refresh_rollback_and_max_surge_zero_lose_no_request(env, local_c
     assert [(h.revision, h.outcome.value) for h in history] == [(5, "live")] + [(r, "superseded") for r in (4, 3, 2, 1)]
 
 
-@pytest.mark.parametrize("failure", ["init", "later"])
-def test_a_broken_version_is_rolled_back_without_losing_a_request(env, local_cluster, tmp_path, failure):
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        ("init", "the weights file is corrupt"),  # never ready: the handler raises in __init__
+        ("later", "crashed"),  # ready, then the process dies
+        ("slow", "not ready by the progress deadline"),  # never ready in time
+    ],
+)
+def test_a_broken_version_is_rolled_back_without_losing_a_request(env, local_cluster, tmp_path, failure, reason):
     project = write_project(tmp_path / "roll", "v1")
     url = deploy(path=str(project))["roll"]
     write_project(project, "v2", fail=failure)
 
-    outcomes, state = rolled_under_load(url, lambda: deploy(path=str(project), return_state=True))
+    outcomes, state = rolled_under_load(url, lambda: deploy(path=str(project), timeout=4, return_state=True))
 
     assert state.is_failed()
-    reason = "the weights file is corrupt" if failure == "init" else "crashed"
     assert reason in state.message and "rolled back" in state.message
     assert_no_loss(outcomes, {"1", "2"}, "1")
     now = status(env)

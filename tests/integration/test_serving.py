@@ -188,6 +188,18 @@ def test_sigterm_drains_the_request_in_flight(tmp_path: Path, start_replica: Cal
     assert "SIGTERM: not ready" in replica.stderr()
 
 
+def test_sigterm_while_the_handler_is_still_loading_exits_at_once(
+    tmp_path: Path, start_replica: Callable[..., Replica]
+) -> None:
+    never = tmp_path / "never-created"
+    replica = start_replica(python_config(tmp_path, config={"load_gate": str(never)}))
+    wait_for(lambda: replica.status("/healthz") == 200, "healthz while loading")
+    started = time.monotonic()
+    replica.proc.send_signal(signal.SIGTERM)
+    assert replica.proc.wait(timeout=10) == 0
+    assert time.monotonic() - started < 3, "a constructor that never returns held the stopping replica"
+
+
 def test_load_failure_exits_nonzero_with_the_reason_last(
     tmp_path: Path, start_replica: Callable[..., Replica]
 ) -> None:

@@ -637,3 +637,20 @@ def test_fields_added_later_keep_the_hashes_of_apis_that_do_not_use_them(project
 
 def test_every_field_belongs_to_an_identity() -> None:
     assert {"name", "kind", *POD_FIELDS, *SPEC_FIELDS} == set(RealtimeAPI.model_fields)
+
+
+def test_progress_deadline_is_a_duration_that_changes_only_the_spec_hash(project: Path) -> None:
+    base = api(project)
+    slow = api(project, update_strategy={"progress_deadline": "30m"})
+    assert (base.update_strategy.progress_deadline_seconds, slow.update_strategy.progress_deadline_seconds) == (600, 1800)
+    assert pod_hash(base, PACKAGE) == pod_hash(slow, PACKAGE)
+    assert spec_hash(base, PACKAGE) != spec_hash(slow, PACKAGE)
+    err = spec_error(project, yaml.safe_dump([merged(BASE, {"update_strategy": {"progress_deadline": "soon"}})]))
+    assert "update_strategy.progress_deadline" in str(err)
+
+
+def test_a_refresh_token_changes_both_hashes_and_none_keeps_them(project: Path) -> None:
+    a = api(project)
+    assert pod_hash(a, PACKAGE, "") == pod_hash(a, PACKAGE)
+    assert pod_hash(a, PACKAGE, "t1") != pod_hash(a, PACKAGE)
+    assert spec_hash(a, PACKAGE, "t1") != spec_hash(a, PACKAGE)
