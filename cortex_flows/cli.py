@@ -161,6 +161,14 @@ def _print_versions(status: ApiStatus, history: list[Any]) -> None:
         versions.add_row(str(v.revision), f"{v.weight}%", str(v.ready), str(v.desired), str(v.starting),
                          str(v.failed), v.package_id[:12], v.message)  # fmt: skip
     _print_table(versions)
+    if status.autoscaling is not None:
+        a = status.autoscaling
+        out.print(
+            f"autoscaling: current {a.current}, recommended {a.recommended}, requested {a.requested} "
+            f"(min {a.min_replicas}, max {a.max_replicas}); in-flight {a.in_flight:g} over the window; "
+            f"{a.reason}; {_since(a.at)} ago",
+            highlight=False,
+        )
     past = Table(title="history", box=None, header_style="bold", title_justify="left")
     for col in ("revision", "outcome", "package", "spec", "deployed"):
         past.add_column(col)

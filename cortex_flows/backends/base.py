@@ -88,6 +88,19 @@ class VersionStatus(BaseModel):
     target: int | None = None  # VersionSpec.target_replicas
 
 
+class AutoscalingStatus(BaseModel):
+    """The autoscaler's last decision for an API (what `get NAME` shows)."""
+
+    current: int
+    recommended: int
+    requested: int
+    min_replicas: int
+    max_replicas: int
+    in_flight: float  # window-averaged total in-flight requests
+    reason: str
+    at: datetime
+
+
 class ApiState(StrEnum):
     """Cortex's status words for an API."""
 
@@ -106,6 +119,7 @@ class ApiStatus(BaseModel):
     versions: list[VersionStatus]
     last_update: datetime
     mirror: int | None = None  # revision receiving a shadow copy of traffic, if any
+    autoscaling: AutoscalingStatus | None = None
 
     @property
     def requested(self) -> int:

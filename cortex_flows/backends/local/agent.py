@@ -30,26 +30,76 @@ from cortex_flows.backends.base import (
     VersionStatus,
     summarize,
 )
+from cortex_flows.backends.local.autoscaler import DEFAULT_TICK_SECONDS, Autoscaler, WakingTable
 from cortex_flows.backends.local.gateway import Gateway, RoutingTable, Upstream
 from cortex_flows.backends.local.home import AgentInfo, LocalHome, write_private
 from cortex_flows.backends.local.state import ApiRecord, VersionState, load_state, now, save_state
 from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS, Supervisor, log_tail
+from cortex_flows.spec import RealtimeAPI
 
 log = logging.getLogger("cortex_flows.agent")
 
 PROBE_TIMEOUT = 60.0
+TICK_ENV = "CORTEX_FLOWS_AUTOSCALE_TICK"
 
 
 class Agent:
     """Desired state plus the machinery that converges to it. Mutations of one API are serialised."""
 
-    def __init__(self, home: LocalHome, gateway: Gateway, table: RoutingTable) -> None:
+    def __init__(
+        self, home: LocalHome, gateway: Gateway, table: RoutingTable, autoscale_tick: float = DEFAULT_TICK_SECONDS
+    ) -> None:
         self.home = home
         self.gateway = gateway
         self.table = table
         self.state = load_state(home.state_file)
         self.supervisor = Supervisor(home.replicas, home.logs, self._publish)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._specs: dict[str, RealtimeAPI] = {}  # by spec hash: parsed once, read every second
+        self._waking: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        held = table.held if isinstance(table, WakingTable) else {}
+        self.autoscaler = Autoscaler(
+            apis=self._autoscaled, in_flight=lambda api: gateway.api_in_flight(api) + held.get(api, 0),
+            scale=self.scale_version, locks=home.locks, tick=autoscale_tick,
+        )  # fmt: skip
+        if isinstance(table, WakingTable):
+            table.wake = self.wake
+
+    def _autoscaled(self) -> dict[str, tuple[int, int, RealtimeAPI, int]]:
+        """APIs the autoscaler may act on (one version): revision, replicas, spec, replicas starting."""
+        out = {}
+        for name, rec in self.state.apis.items():
+            if len(rec.versions) != 1:
+                continue
+            (revision, version), = rec.versions.items()
+            spec = self._specs.get(version.spec.spec_hash)
+            if spec is None:
+                spec = self._specs[version.spec.spec_hash] = RealtimeAPI.model_validate(version.spec.spec)
+            starting = self.supervisor.counts(name, revision)[1]
+            out[name] = (revision, version.replicas, spec, starting)
+        return out
+
+    def wake(self, api: str) -> None:
+        """A request arrived for an API with no ready replica: if it is scaled to zero, start one now."""
+        rec = self.state.apis.get(api)
+        if rec is None or api in self._waking or len(rec.versions) != 1:
+            return
+        (revision, version), = rec.versions.items()
+        if version.replicas > 0:
+            return  # replicas are starting or restarting: the request waits for them
+        self._waking.add(api)
+        log.info("%s has no replica and a request waiting: starting one", api)
+
+        async def start() -> None:
+            try:
+                await self.scale_version(api, revision, 1)
+            finally:
+                self._waking.discard(api)
+
+        task = asyncio.get_running_loop().create_task(start())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _lock(self, api: str) -> asyncio.Lock:
         return self._locks.setdefault(api, asyncio.Lock())
@@ -197,9 +247,10 @@ class Agent:
                     message=message, restart=v.spec.restart, target=v.spec.target_replicas,
                 )
             )  # fmt: skip
+        watch = self.autoscaler.watches.get(api)
         return ApiStatus(
             name=api, endpoint=rec.endpoint, state=summarize(versions), versions=versions,
-            last_update=rec.last_update, mirror=rec.mirror,
+            last_update=rec.last_update, mirror=rec.mirror, autoscaling=watch.last if watch else None,
         )  # fmt: skip
 
     async def probe(self, api: str, revision: int, payload: object | None) -> tuple[int, str]:
@@ -224,16 +275,16 @@ class Agent:
         return "\n".join(f"==> {p.stem} <==\n{log_tail(p, tail)}" for p in files[-8:])
 
 
-async def serve(home: LocalHome, gateway_port: int) -> None:
+async def serve(home: LocalHome, gateway_port: int, autoscale_tick: float = DEFAULT_TICK_SECONDS) -> None:
     """Run the agent until SIGTERM/SIGINT or a shutdown request."""
     from cortex_flows.backends.local.control import control_app
 
     token = home.token(create=True)
     assert token is not None
-    table = RoutingTable()
+    table = WakingTable()
     gateway = Gateway(table, host="127.0.0.1", port=gateway_port)
     await gateway.start()
-    agent = Agent(home, gateway, table)
+    agent = Agent(home, gateway, table, autoscale_tick)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -253,7 +304,9 @@ async def serve(home: LocalHome, gateway_port: int) -> None:
     await agent.restore()
     home.write_info(AgentInfo(os.getpid(), sock.getsockname()[1], gateway.port))
     log.info("agent up: gateway http://127.0.0.1:%d, control port %d", gateway.port, sock.getsockname()[1])
+    autoscaling = asyncio.create_task(agent.autoscaler.run())
     await stop.wait()
+    autoscaling.cancel()
     log.info("agent stopping")
     home.info_file.unlink(missing_ok=True)
     await agent.supervisor.shutdown(grace=DEFAULT_GRACE_SECONDS)
@@ -267,6 +320,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="cortex-flows-agent")
     parser.add_argument("--home", required=True)
     parser.add_argument("--port", type=int, required=True, help="gateway port")
+    parser.add_argument(
+        "--autoscale-tick", type=float, default=float(os.environ.get(TICK_ENV, DEFAULT_TICK_SECONDS)),
+        help=f"seconds between autoscaling decisions (default: ${TICK_ENV} or {DEFAULT_TICK_SECONDS:g})",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -279,7 +336,7 @@ def main() -> None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SystemExit(f"another agent is running for {home.root}") from None
-        runner.run(serve(home, args.port))
+        runner.run(serve(home, args.port, args.autoscale_tick))
 
 
 if __name__ == "__main__":
