@@ -133,11 +133,14 @@ class Autoscaler:
             del self.watches[api]
         for api, (revision, _, spec, _) in current.items():
             watch = self.watches.get(api)
+            window = spec.autoscaling.window_seconds
             if watch is None or watch.revision != revision:
-                window = spec.autoscaling.window_seconds
                 watch = self.watches[api] = _Watch(
                     revision, settings_of(spec), window, History(started=now), deque(maxlen=int(window) + 5)
                 )
+            elif watch.window != window or watch.settings != settings_of(spec):  # changed in place
+                watch.settings, watch.window = settings_of(spec), window
+                watch.samples = deque(watch.samples, maxlen=int(window) + 5)
             watch.samples.append((now, self._in_flight(api)))
 
     async def decide(self, api: str, now: float) -> Decision | None:

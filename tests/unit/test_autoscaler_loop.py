@@ -1,0 +1,83 @@
+"""The agent's autoscaler between sampling and scaling: windows, in-place setting changes, APIs it must
+leave alone (a rollout holds the lock, a replica is still starting)."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cortex_flows.backends.local.autoscaler import Autoscaler
+from cortex_flows.spec import RealtimeAPI, parse_spec
+
+
+def spec(tmp_path: Path, **autoscaling: Any) -> RealtimeAPI:
+    (tmp_path / "handler.py").write_text("class Handler: ...\n")
+    item = {"name": "a", "kind": "RealtimeAPI", "handler": {"type": "python", "path": "handler.py"},
+            "autoscaling": {"window": "10s", "upscale_stabilization_period": "0s",
+                            "downscale_stabilization_period": "0s", **autoscaling}}  # fmt: skip
+    return parse_spec(yaml.safe_dump([item]), tmp_path / "cortex.yaml", tmp_path).apis[0]
+
+
+class World:
+    """One API as the agent would report it, and the scale calls the autoscaler makes."""
+
+    def __init__(self, api: RealtimeAPI, replicas: int = 1, starting: int = 0, in_flight: int = 0) -> None:
+        self.api, self.replicas, self.starting, self.in_flight = api, replicas, starting, in_flight
+        self.calls: list[int] = []
+
+    def apis(self) -> dict[str, tuple[int, int, RealtimeAPI, int]]:
+        return {"a": (1, self.replicas, self.api, self.starting)}
+
+    async def scale(self, api: str, revision: int, replicas: int) -> None:
+        self.calls.append(replicas)
+        self.replicas = replicas
+
+
+def autoscaler(world: World, tmp_path: Path) -> Autoscaler:
+    return Autoscaler(apis=world.apis, in_flight=lambda api: world.in_flight, scale=world.scale, locks=tmp_path)
+
+
+def run_ticks(scaler: Autoscaler, seconds: range) -> None:
+    for t in seconds:
+        scaler.sample(float(t))
+        asyncio.run(scaler.decide("a", float(t)))
+
+
+def test_window_average_drives_the_decision(tmp_path):
+    world = World(spec(tmp_path, max_replicas=10), in_flight=3)
+    run_ticks(autoscaler(world, tmp_path), range(6))
+    assert world.calls[:2] == [2, 3] and world.replicas == 3
+
+
+def test_settings_changed_in_place_apply_at_the_next_tick(tmp_path):
+    world = World(spec(tmp_path, max_replicas=10), in_flight=8)
+    scaler = autoscaler(world, tmp_path)
+    run_ticks(scaler, range(12))
+    assert world.replicas == 8
+    world.api = spec(tmp_path, max_replicas=5)
+    run_ticks(scaler, range(12, 14))
+    assert world.replicas == 5 and scaler.watches["a"].settings.max_replicas == 5
+
+
+def test_a_held_lock_or_a_starting_replica_holds_the_count(tmp_path):
+    world = World(spec(tmp_path, max_replicas=10), replicas=4, starting=1, in_flight=0)
+    scaler = autoscaler(world, tmp_path)
+    run_ticks(scaler, range(5))
+    assert world.calls == [] and scaler.watches["a"].last.requested == 4  # never reap a starting replica
+    world.starting = 0
+    with open(tmp_path / "a.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a deploy of `a` is in progress
+        run_ticks(scaler, range(5, 8))
+        assert world.calls == []
+    run_ticks(scaler, range(8, 9))
+    assert world.calls == [3]  # max_downscale_factor 0.75 of 4
+
+
+def test_no_samples_no_decision(tmp_path):
+    world = World(spec(tmp_path))
+    scaler = autoscaler(world, tmp_path)
+    assert asyncio.run(scaler.decide("a", 0.0)) is None
