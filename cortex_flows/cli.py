@@ -24,13 +24,13 @@ from cortex_flows.backends.local.home import LocalHome
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-out = Console(soft_wrap=True)
+# Piped output gets 200 columns, so tables keep whole URLs (rich would otherwise assume 80 and cut them).
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 
 def _print_table(table: Table) -> None:
-    """Tables keep whole URLs even when piped (rich would otherwise assume 80 columns)."""
-    out.print(table, width=None if out.is_terminal else 200)
+    out.print(table)
 
 
 def _quiet_temporary_server() -> None:

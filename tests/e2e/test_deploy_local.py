@@ -50,6 +50,8 @@ def test_deploy_serve_get_delete(prefect_api, local_cluster, tmp_path):
     assert got.returncode == 0, got.stderr
     status = json.loads(got.stdout)
     assert (status["state"], status["ready"], status["requested"], status["url"]) == ("live", 1, 1, url)
+    table = cli("get", env=local_cluster["env"]).stdout
+    assert "iris-classifier" in table and url in table  # piped, the table still shows the whole URL
 
     artifacts = asyncio.run(_artifacts(state.state_details.flow_run_id))
     report = next(a for a in artifacts if a.key == "deploy-report")
