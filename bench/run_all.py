@@ -13,6 +13,7 @@ BENCHES = (
     ["bench_gateway.py"],  # the worst case: an upstream that does no work at all
     ["bench_deploy.py"],
     ["bench_rollout.py"],  # latency and errors during a rolling update, its duration vs its floor
+    ["bench_autoscaling.py"],  # reaction to a step load (tick 10 s and 2 s), scale from zero vs cold start
 )
 
 if __name__ == "__main__":

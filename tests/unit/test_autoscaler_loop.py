@@ -42,9 +42,13 @@ def autoscaler(world: World, tmp_path: Path) -> Autoscaler:
 
 
 def run_ticks(scaler: Autoscaler, seconds: range) -> None:
-    for t in seconds:
-        scaler.sample(float(t))
-        asyncio.run(scaler.decide("a", float(t)))
+    async def ticks() -> None:
+        for t in seconds:
+            scaler.sample(float(t))
+            await scaler.decide("a", float(t))
+            await scaler.settle()
+
+    asyncio.run(ticks())
 
 
 def test_window_average_drives_the_decision(tmp_path):
@@ -81,3 +85,15 @@ def test_no_samples_no_decision(tmp_path):
     world = World(spec(tmp_path))
     scaler = autoscaler(world, tmp_path)
     assert asyncio.run(scaler.decide("a", 0.0)) is None
+
+
+def test_a_woken_api_keeps_its_replica_through_the_downscale_stabilization(tmp_path):
+    world = World(spec(tmp_path, min_replicas=0, downscale_stabilization_period="5s"), replicas=0)
+    scaler = autoscaler(world, tmp_path)
+    run_ticks(scaler, range(10))  # idle at zero, watched long enough to act
+    scaler.woken("a", 10.0)  # a request arrived; the agent started a replica
+    world.replicas = 1
+    run_ticks(scaler, range(11, 15))
+    assert world.calls == []  # the request was never sampled, yet the replica stays 5 s
+    run_ticks(scaler, range(15, 17))
+    assert world.calls == [0]

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -89,6 +90,7 @@ class Agent:
         if version.replicas > 0:
             return  # replicas are starting or restarting: the request waits for them
         self._waking.add(api)
+        self.autoscaler.woken(api, time.monotonic())
         log.info("%s has no replica and a request waiting: starting one", api)
 
         async def start() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import logging
 import time
 from collections import deque
@@ -42,6 +43,11 @@ def settings_of(api: RealtimeAPI) -> Settings:
         max_downscale_factor=a.max_downscale_factor, max_upscale_factor=a.max_upscale_factor,
         downscale_tolerance=a.downscale_tolerance, upscale_tolerance=a.upscale_tolerance,
     )  # fmt: skip
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("autoscaling could not scale: %s", task.exception())
 
 
 class WakingTable(RoutingTable):
@@ -112,20 +118,29 @@ class Autoscaler:
         self._locks = locks
         self.tick = tick
         self.watches: dict[str, _Watch] = {}
+        self._scaling: dict[str, asyncio.Task[None]] = {}  # the last scale each API was given
 
     async def run(self) -> None:
-        next_tick = time.monotonic() + self.tick
-        while True:
+        """Sample every second; decide every `tick` seconds, counted in samples so a sleep that ends a
+        hair early never skips a tick."""
+        every = max(1, round(self.tick / SAMPLE_SECONDS))
+        for count in itertools.count(1):
             await asyncio.sleep(SAMPLE_SECONDS)
             now = time.monotonic()
             self.sample(now)
-            if now >= next_tick:
-                next_tick = now + self.tick
+            if count % every == 0:
                 for api in list(self.watches):
                     try:
                         await self.decide(api, now)
                     except Exception:  # one API's trouble must not stop the others' autoscaling
                         log.exception("autoscaling %s failed", api)
+
+    def woken(self, api: str, now: float) -> None:
+        """An API at zero was woken for a request: record a recommendation of one replica, as Cortex's
+        activator did, so the downscale stabilization keeps it even if no sample saw the request."""
+        watch = self.watches.get(api)
+        if watch is not None:
+            watch.history.entries.append((now, 1))
 
     def sample(self, now: float) -> None:
         current = self._apis()
@@ -146,7 +161,8 @@ class Autoscaler:
     async def decide(self, api: str, now: float) -> Decision | None:
         """One tick for one API; None when it was left alone."""
         watch, current = self.watches.get(api), self._apis().get(api)
-        if watch is None or current is None or self._busy(api):
+        scaling = self._scaling.get(api)
+        if watch is None or current is None or (scaling is not None and not scaling.done()) or self._busy(api):
             return None
         revision, replicas, _, starting = current
         window = [n for t, n in watch.samples if t >= now - watch.window]
@@ -168,8 +184,14 @@ class Autoscaler:
         )  # fmt: skip
         if request != replicas:
             log.info("autoscaling event: %s %d -> %d", api, replicas, request)
-            await self._scale(api, revision, request)
+            # In the background: a scale-down drains, which must not hold up the other APIs' decisions.
+            task = self._scaling[api] = asyncio.create_task(self._scale(api, revision, request))
+            task.add_done_callback(_log_failure)
         return decision
+
+    async def settle(self) -> None:
+        """Wait for the scale operations under way."""
+        await asyncio.gather(*(t for t in self._scaling.values() if not t.done()), return_exceptions=True)
 
     def _busy(self, api: str) -> bool:
         """Whether a deploy, rollback or refresh holds the API's lock file right now."""
