@@ -7,13 +7,36 @@ tasks load by name when they need it, so no credential ever travels as a flow pa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from cortex_flows.backends.base import Backend
 from cortex_flows.backends.local.home import LocalHome
+from cortex_flows.spec.quantities import cpu_millicores, memory_bytes
+
+
+def _cpu_quantity(value: object) -> object:
+    """A CPU quantity as in cortex.yaml ("2", "1900m", 2); validated here, parsed where it is used."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        cpu_millicores(value)  # raises ValueError naming the text
+    return value
+
+
+def _memory_quantity(value: object) -> object:
+    """A memory quantity as in cortex.yaml ("8Gi", "750Mi", bytes)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        memory_bytes(value)
+    return value
+
+
+CpuQuantity = Annotated[str, BeforeValidator(_cpu_quantity)]
+MemoryQuantity = Annotated[str, BeforeValidator(_memory_quantity)]
 
 
 class CortexCluster(Block):
@@ -24,7 +47,11 @@ class CortexCluster(Block):
         home: State directory of the local agent.
         gateway_port: Port of the local gateway.
         package_store: Where packages are stored: a local directory or `s3://bucket/prefix`.
-        aws_credentials: Name of the `AwsCredentials` block used for an S3 store.
+        aws_credentials: Name of the `AwsCredentials` block used for an S3 store and EC2 Auto Scaling.
+        node_group: Name of the EC2 Auto Scaling group whose nodes run the APIs (`setup-autoscaling`
+            sizes it); the `instance_*` fields describe one of its nodes.
+        max_nodes: The most nodes `setup-autoscaling` may ask for; a larger need is an error.
+        spot: Whether the group mixes in spot instances (`on_demand_*`, `spot_instance_types`).
 
     Example:
         Deploy to the cluster saved as "prod":
@@ -51,6 +78,48 @@ class CortexCluster(Block):
     )
     aws_credentials: str | None = Field(
         default=None, description="Name of the AwsCredentials block for S3 and other AWS services."
+    )
+
+    # The AWS node group that setup-autoscaling sizes (all optional: without node_group it sizes nothing).
+    node_group: str | None = Field(
+        default=None, description="Name of the EC2 Auto Scaling group of the cluster's nodes."
+    )
+    instance_type: str | None = Field(
+        default=None, description="Instance type of the node group, e.g. m5.large."
+    )
+    instance_cpu: CpuQuantity | None = Field(
+        default=None, description="CPU of one instance, e.g. 2 or 1900m (before the per-node reserve)."
+    )
+    instance_memory: MemoryQuantity | None = Field(
+        default=None, description="Memory of one instance, e.g. 8Gi (before the per-node reserve)."
+    )
+    instance_gpu: int = Field(default=0, ge=0, description="GPUs of one instance.")
+    node_reserved_cpu: CpuQuantity = Field(
+        default="250m", description="CPU each node keeps from pods (kubelet, daemons, aws-node, kube-proxy)."
+    )
+    node_reserved_memory: MemoryQuantity = Field(
+        default="750Mi", description="Memory each node keeps from pods (kubelet, eviction threshold, daemons)."
+    )
+    max_nodes: int | None = Field(
+        default=None, ge=0, description="Most nodes setup-autoscaling may ask for; a larger need is an error."
+    )
+    spot: bool = Field(
+        default=False, description="Mix spot instances into the group (a mixed-instances policy)."
+    )
+    spot_instance_types: list[str] = Field(
+        default_factory=list, description="More instance types spot may use (at least as large as instance_type)."
+    )
+    on_demand_base_capacity: int = Field(
+        default=0, ge=0, description="With spot: the first N instances are on-demand."
+    )
+    on_demand_percentage_above_base: int = Field(
+        default=0, ge=0, le=100, description="With spot: percent of the instances above the base that are on-demand."
+    )
+    on_demand_price: float | None = Field(
+        default=None, ge=0, description="Hourly on-demand price of instance_type in USD, for the cost estimate."
+    )
+    spot_price: float | None = Field(
+        default=None, ge=0, description="Expected hourly spot price of instance_type in USD, for the cost estimate."
     )
 
     def local_home(self) -> LocalHome:

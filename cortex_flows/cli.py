@@ -110,6 +110,34 @@ def _run_rollout_flow(what: str, flow: Any, **params: Any) -> int:
     return 0
 
 
+def cmd_setup_autoscaling(args: argparse.Namespace) -> int:
+    from cortex_flows.spec import SpecError, load_spec
+
+    try:
+        project = load_spec(args.path)
+    except SpecError as exc:
+        return _invalid_spec(exc)
+    _quiet_temporary_server()
+    from cortex_flows.autoscaling.capacity import format_cost
+    from cortex_flows.flows.autoscaling import setup_autoscaling
+
+    try:
+        result = setup_autoscaling(path=str(project.file), cluster=args.cluster, apis=args.api or None)
+    except Exception as exc:  # noqa: BLE001 - a failed flow run re-raises whatever its task raised
+        err.print(f"setup-autoscaling failed: {exc}", highlight=False, markup=False)
+        return EXIT_FAILED
+    for name, info in result["apis"].items():
+        out.print(f"{name}: {info['action']} (revision {info['revision']}, replicas {info['min_replicas']}"
+                  f"-{info['max_replicas']})", highlight=False)  # fmt: skip
+    group = result["node_group"]
+    if group:
+        before, after, cost = group["before"], group["after"], group["cost_per_hour"]
+        changes = ", ".join(f"{key} {before[key]} -> {after[key]}" for key in ("min", "max", "desired"))
+        out.print(f"node group {group['name']}: {changes}; cost per hour {format_cost(cost['at_min'])} at min, "
+                  f"{format_cost(cost['at_max'])} at max", highlight=False)  # fmt: skip
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from cortex_flows.spec import SpecError, migrate_spec
 
@@ -261,6 +289,15 @@ def parser() -> argparse.ArgumentParser:
     rf.add_argument("name")
     _rollout_options(rf)
     rf.set_defaults(fn=cmd_refresh)
+
+    sa = sub.add_parser(
+        "setup-autoscaling",
+        help="apply a project's autoscaling settings in place and size the AWS node group (runs a flow)",
+    )
+    sa.add_argument("path", nargs="?", default=".", help="project directory or cortex.yaml (default: .)")
+    sa.add_argument("--cluster", help="name of a CortexCluster block (default: the local agent)")
+    sa.add_argument("--api", action="append", help="an API to apply and size for (repeatable; default: all)")
+    sa.set_defaults(fn=cmd_setup_autoscaling)
 
     m = sub.add_parser("migrate", help="print the native cortex.yaml equivalent to a Cortex project's spec")
     m.add_argument("path", nargs="?", default=".", help="project directory or spec file (default: .)")

@@ -112,7 +112,8 @@ def test_step_load_scales_up_then_down_after_stabilization_without_failures(back
     added = next(t for t, _, pid in load.results if pid not in (0, first_pid)) - step
     wait_for(lambda: replicas(backend) == (4, 4), 40, what="4 ready replicas (the algorithm's answer)")
     status = wait_for(lambda: _settled(backend, 4), 10, what="a decision at 4 replicas")
-    assert (status.min_replicas, status.max_replicas, status.recommended, status.in_flight) == (1, 4, 4, 4.0)
+    assert (status.min_replicas, status.max_replicas, status.recommended) == (1, 4, 4)
+    assert 3.0 < status.in_flight <= 4.0  # 4 clients; a sample may catch one between requests
     up = load.stop()
 
     light = Load(url, clients=1)  # keep requests flowing through the drains

@@ -56,3 +56,31 @@ def test_transient_failures_are_retried(exc):
 )
 def test_other_failures_fail_at_once(exc):
     assert not is_transient(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        client_error("Throttling", 400),  # EC2 Auto Scaling's throttling error (query protocol, HTTP 400)
+        client_error("RequestLimitExceeded", 400),  # EC2's
+        client_error("SomethingNew", 429),
+        client_error("SomethingElse", 502),
+    ],
+)
+def test_aws_throttling_is_retried(exc):
+    assert is_transient(exc)
+
+
+def test_unknown_node_group_fails_at_once():
+    from cortex_flows.aws.autoscaling import NodeGroupNotFound
+
+    assert not is_transient(NodeGroupNotFound("Auto Scaling group 'x' not found"))
+    assert not is_transient(client_error("ValidationError", 400))
+
+
+def test_autoscaling_clients_leave_retries_to_the_task():
+    """botocore would retry throttling itself, invisibly; with one attempt per call the task's policy does."""
+    from cortex_flows.aws.autoscaling import autoscaling_client
+
+    client = autoscaling_client(region="us-east-1", endpoint_url="http://127.0.0.1:1")
+    assert client.meta.config.retries["total_max_attempts"] == 1
