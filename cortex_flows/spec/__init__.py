@@ -13,6 +13,7 @@ from cortex_flows.spec.models import (
     API_KINDS,
     ApiSpec,
     Autoscaling,
+    Canary,
     Compute,
     Dependencies,
     HandlerSpec,
@@ -21,6 +22,7 @@ from cortex_flows.spec.models import (
     ProjectSpec,
     RealtimeAPI,
     UpdateStrategy,
+    Window,
 )
 from cortex_flows.spec.quantities import percent_or_int
 
@@ -30,6 +32,7 @@ __all__ = [
     "SPEC_FILE_NAME",
     "ApiSpec",
     "Autoscaling",
+    "Canary",
     "Compute",
     "Dependencies",
     "HandlerSpec",
@@ -40,6 +43,7 @@ __all__ = [
     "RealtimeAPI",
     "SpecError",
     "UpdateStrategy",
+    "Window",
     "load_spec",
     "migrate_spec",
     "parse_spec",

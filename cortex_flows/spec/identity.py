@@ -2,10 +2,11 @@
 
 `pod_hash` covers what a replica is built from (package, handler, model, config, resources, admission);
 `spec_hash` adds what the control plane applies without restarting replicas (autoscaling, update
-strategy, networking). Both hash canonical JSON of validated models, whose defaults are already resolved,
-so writing a default explicitly, omitting it, or reordering YAML keys never changes a hash. Fields added
-after the first release (`ADDED_POD_FIELDS`) enter the identity only when they differ from their default,
-so upgrading cortex-flows does not change the hashes of APIs that do not use them (and roll their pods).
+strategy, networking, canary policy). Both hash canonical JSON of validated models, whose defaults are
+already resolved, so writing a default explicitly, omitting it, or reordering YAML keys never changes a
+hash. Fields added after the first release (`ADDED_POD_FIELDS`, `ADDED_SPEC_FIELDS`) enter the identity
+only when they differ from their default, so upgrading cortex-flows does not change the hashes of APIs
+that do not use them (and roll their pods).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import hashlib
 import json
 from typing import Any
 
-from cortex_flows.spec.models import ApiSpec, Compute, Dependencies, UpdateStrategy
+from cortex_flows.spec.models import ApiSpec, Canary, Compute, Dependencies, UpdateStrategy
 
 POD_FIELDS = ("handler", "model_path", "config", "env", "dependencies", "compute", "pod")
 # Dotted paths of fields added since the first release -> their defaults (as dumped to JSON)
 ADDED_POD_FIELDS = {"env": {}, "dependencies": Dependencies().model_dump(mode="json"), "handler.python_path": None}
-SPEC_FIELDS = ("autoscaling", "update_strategy", "networking")
-ADDED_SPEC_FIELDS = {"update_strategy.progress_deadline": UpdateStrategy().progress_deadline}
+SPEC_FIELDS = ("autoscaling", "update_strategy", "networking", "canary")
+ADDED_SPEC_FIELDS = {
+    "update_strategy.progress_deadline": UpdateStrategy().progress_deadline,
+    "canary": Canary().model_dump(mode="json"),  # rollout policy: never restarts replicas
+}
 HASH_LENGTH = 32  # hex characters, as Cortex truncates its spec ids
 
 

@@ -9,9 +9,14 @@ Filesystem checks run only when validation gets a project directory (see `valida
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import difflib
+import functools
+import itertools
 import keyword
 import posixpath
 import re
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, TypeAlias
@@ -28,7 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from cortex_flows.spec.errors import Problem
+from cortex_flows.spec.errors import Problem, describe_value
 from cortex_flows.spec.quantities import (
     check_cpu,
     check_duration,
@@ -48,11 +53,19 @@ RESERVED_ENV_PREFIX = "CORTEX_"  # Cortex reserves these for the values it sets 
 MAX_POD_REQUESTS = 30000  # Cortex's cap on max_concurrency and max_queue_length
 AUTOSCALING_TICK_SECONDS = 10
 ISSUES_ERROR = "spec_issues"  # pydantic error type carrying cross-field problems, each with its own field
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # in date.weekday() order
+DEFAULT_CANARY_STEPS = (5, 25, 50, 100)
+MIN_ANALYSIS_INTERVAL_SECONDS = 10  # Flagger's minimum `interval`
+# Default drift thresholds per test: a p-value below which chi2/ks call it drift, a PSI above which psi does
+DEFAULT_DRIFT_THRESHOLDS = {"chi2": 0.01, "ks": 0.01, "psi": 0.2}
 
 _API_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _ENDPOINT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 _S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CLOCK = re.compile(r"(?P<h>\d{2}):(?P<m>\d{2})")
+_DATE = r"\d{4}-\d{2}-\d{2}"
+_FREEZE = re.compile(rf"(?P<first>{_DATE})(?:/(?P<last>{_DATE}))?")
 
 Duration = Annotated[str, BeforeValidator(check_duration)]
 CpuQuantity = Annotated[str, BeforeValidator(check_cpu)]
@@ -133,6 +146,79 @@ def _check_endpoint(value: str) -> str:
 
 ApiName = Annotated[str, AfterValidator(_check_name)]
 Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+
+
+def _check_clock(value: object) -> str:
+    """A wall-clock time 'HH:MM' (00:00 to 24:00); returns it zero-padded."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 24 * 60:
+        written = f"{value // 60}:{value % 60:02d}"  # YAML 1.1 reads an unquoted 22:00 as 22 * 60 + 0
+        raise ValueError(
+            f"expected a time 'HH:MM' in quotes, got the number {value}"
+            f" (YAML reads an unquoted {written} as a number: quote it)"
+        )
+    match = _CLOCK.fullmatch(value) if isinstance(value, str) else None
+    hours, minutes = (int(match["h"]), int(match["m"])) if match else (-1, -1)
+    if not (0 <= hours < 24 and 0 <= minutes < 60) and (hours, minutes) != (24, 0):
+        raise ValueError(f"expected a time 'HH:MM' between '00:00' and '24:00', got {describe_value(value)}")
+    return f"{hours:02d}:{minutes:02d}"
+
+
+def clock_minutes(text: str) -> int:
+    """Minutes after midnight of a validated 'HH:MM' ('24:00' is 1440)."""
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+@functools.cache
+def _timezone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _check_timezone(value: str) -> str:
+    names = _timezone_names()
+    if value in names:
+        return value
+    by_lower = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(value, names, n=1)
+    if value.lower() in by_lower:
+        close = [by_lower[value.lower()]]
+    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(
+        f"unknown time zone {value!r}{suggestion}; expected an IANA name like 'Europe/Berlin',"
+        " 'America/New_York' or 'UTC'"
+    )
+
+
+def _check_freeze(value: object) -> str:
+    """A frozen date or an inclusive range of dates; returns 'YYYY-MM-DD' or 'YYYY-MM-DD/YYYY-MM-DD'."""
+    expected = "expected a date 'YYYY-MM-DD' or an inclusive range 'YYYY-MM-DD/YYYY-MM-DD'"
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):  # YAML reads 2024-12-24 as a date
+        return value.isoformat()
+    match = _FREEZE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        whole_days = isinstance(value, dt.datetime)
+        got = f"a date and time {value} (freezes cover whole days)" if whole_days else describe_value(value)
+        raise ValueError(f"{expected}; got {got}")
+    try:
+        first = dt.date.fromisoformat(match["first"])
+        last = dt.date.fromisoformat(match["last"] or match["first"])
+    except ValueError:
+        raise ValueError(f"{expected}; {value!r} is not a calendar date") from None
+    if last < first:
+        raise ValueError(f"a range must not end before it starts, got {value!r}")
+    return first.isoformat() if first == last else f"{first.isoformat()}/{last.isoformat()}"
+
+
+def freeze_range(text: str) -> tuple[dt.date, dt.date]:
+    """First and last day (inclusive) of a validated freeze entry."""
+    first, _, last = text.partition("/")
+    return dt.date.fromisoformat(first), dt.date.fromisoformat(last or first)
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ClockTime = Annotated[str, BeforeValidator(_check_clock)]
+TimeZoneName = Annotated[str, AfterValidator(_check_timezone)]
+FreezeDates = Annotated[str, BeforeValidator(_check_freeze)]
 
 
 class SpecModel(BaseModel):
@@ -325,6 +411,145 @@ class Networking(SpecModel):
     endpoint: Endpoint | None = None  # default: "/<name>" (set by the API)
 
 
+class Window(SpecModel):
+    """When a canary may move traffic forward: on each of `days`, from `start` to `end` in `timezone`.
+
+    `start` is included and `end` is not. A window with `end` before `start` runs overnight: it opens on
+    each of `days` and closes the next morning. Both are read on the local calendar of `timezone`; a time
+    a DST change skips is taken as the moment of the change, one it repeats as its first occurrence.
+    """
+
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS))  # the days the window opens on
+    start: ClockTime = "00:00"
+    end: ClockTime = "24:00"
+    timezone: TimeZoneName | None = None  # default: the canary's timezone (set by the canary)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        # The spec loader lists allowed fields only for models it reaches by name, not in lists: do it here.
+        if isinstance(data, dict):
+            allowed = list(cls.model_fields)
+            issues = []
+            for key in data:
+                if key not in allowed:
+                    close = difflib.get_close_matches(str(key), allowed, n=1)
+                    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+                    message = f"unknown field {key!r}{suggestion}; allowed: {', '.join(allowed)}"
+                    issues.append((str(key), message))
+            _reject(issues)
+        return data
+
+    @field_validator("days")
+    @classmethod
+    def _days_in_week_order(cls, days: list[str]) -> list[str]:
+        if not days:
+            raise ValueError(f"must name at least one day ({', '.join(WEEKDAYS)})")
+        twice = sorted({day for day in days if days.count(day) > 1}, key=WEEKDAYS.index)
+        if twice:
+            raise ValueError(f"lists {', '.join(map(repr, twice))} more than once")
+        return sorted(days, key=WEEKDAYS.index)  # canonical, so the order written never changes a hash
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> Window:
+        if self.start == "24:00":
+            _reject([("start", "must be before '24:00' (a window starting at midnight starts at '00:00')")])
+        if self.start_minutes == self.end_minutes:
+            message = f"must differ from start ({self.start!r}); for a whole day use '00:00' to '24:00'"
+            _reject([("end", message)])
+        return self
+
+    @property
+    def start_minutes(self) -> int:
+        return clock_minutes(self.start)
+
+    @property
+    def end_minutes(self) -> int:
+        return clock_minutes(self.end)
+
+    @property
+    def overnight(self) -> bool:
+        """Whether the window closes on the day after it opens."""
+        return self.end_minutes < self.start_minutes
+
+
+class Canary(SpecModel):
+    """Policy of a canary rollout: traffic steps, bake and analysis, verdict thresholds and time windows.
+
+    After validation `drift_threshold` and every window's `timezone` are set. Defaults are explained in
+    the README (`canary:` in the cortex.yaml reference).
+    """
+
+    steps: list[int] = Field(default_factory=lambda: list(DEFAULT_CANARY_STEPS))  # % of traffic, ends at 100
+    bake: Duration = "1m"  # time at each step before the next (Flagger's `interval`: 60s)
+    analysis_interval: Duration = "1m"  # analysis cadence (Flagger's metric `interval`: 1m; >= 10s)
+    min_samples: int = Field(100, ge=1)  # requests per version in an analysis before a verdict counts
+    inconclusive: Literal["extend", "hold", "rollback"] = "extend"  # too few samples or no clear answer
+    max_extensions: int = Field(3, ge=0)  # "extend": bakes added to a step before it rolls back
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1)  # candidate 5xx rate minus stable's
+    max_latency_ratio: float = Field(1.5, ge=1)  # candidate p99 latency / stable p99 latency
+    drift_test: Literal["chi2", "psi", "ks"] = "chi2"  # compares the versions' prediction distributions
+    drift_threshold: float | None = Field(None, gt=0)  # default: DEFAULT_DRIFT_THRESHOLDS[drift_test]
+    windows: list[Window] = Field(default_factory=list)  # none: always open
+    freeze: list[FreezeDates] = Field(default_factory=list)  # days on which nothing moves forward
+    timezone: TimeZoneName = "UTC"  # of windows that name none, and of `freeze` when there are no windows
+    shadow: float = Field(0.0, ge=0, le=1)  # share of requests also mirrored to the candidate
+
+    @field_validator("analysis_interval")
+    @classmethod
+    def _interval_at_least_minimum(cls, value: str) -> str:
+        if duration_seconds(value) < MIN_ANALYSIS_INTERVAL_SECONDS:
+            raise ValueError(f"must be at least {MIN_ANALYSIS_INTERVAL_SECONDS}s, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_and_resolve(self) -> Canary:
+        issues = []
+        steps = self.steps
+        example = f"e.g. {list(DEFAULT_CANARY_STEPS)}"
+        if not steps:
+            message = "must list at least one traffic weight in percent, ending at 100"
+            issues.append(("steps", f"{message} ({example})"))
+        elif outside := [weight for weight in steps if not 1 <= weight <= 100]:
+            message = "weights must be between 1 and 100 (percent of traffic)"
+            issues.append(("steps", f"{message}, got {outside[0]}"))
+        elif any(later <= earlier for earlier, later in itertools.pairwise(steps)):
+            issues.append(("steps", f"must be strictly increasing ({example}), got {steps}"))
+        elif steps[-1] != 100:
+            message = "must end at 100 (the candidate takes all traffic before it is promoted)"
+            issues.append(("steps", f"{message}, got {steps}"))
+        if duration_seconds(self.bake) < duration_seconds(self.analysis_interval):
+            message = f"must be >= analysis_interval ({self.analysis_interval}), so every step is analysed"
+            issues.append(("bake", f"{message}, got {self.bake!r}"))
+        threshold = self.drift_threshold
+        if threshold is not None and self.drift_test in ("chi2", "ks") and threshold >= 1:
+            message = f"for drift_test {self.drift_test!r} is a p-value: must be > 0 and < 1"
+            issues.append(("drift_threshold", f"{message}, got {threshold:g}"))
+        _reject(issues)
+        windows = []
+        for window in self.windows:
+            if window.timezone is None:
+                window = window.model_copy()
+                _fill(window, timezone=self.timezone)  # filled, not "set": dumping what was set omits it
+            windows.append(window)
+        drift_threshold = DEFAULT_DRIFT_THRESHOLDS[self.drift_test] if threshold is None else threshold
+        _fill(self, drift_threshold=drift_threshold, windows=windows)
+        return self
+
+    @property
+    def bake_seconds(self) -> float:
+        return duration_seconds(self.bake)
+
+    @property
+    def analysis_interval_seconds(self) -> float:
+        return duration_seconds(self.analysis_interval)
+
+    @property
+    def freeze_ranges(self) -> list[tuple[dt.date, dt.date]]:
+        """Each freeze entry as (first day, last day), both included."""
+        return [freeze_range(entry) for entry in self.freeze]
+
+
 class RealtimeAPI(SpecModel):
     """A synchronous HTTP API served by autoscaled replicas (Cortex's RealtimeAPI, handler era)."""
 
@@ -340,6 +565,7 @@ class RealtimeAPI(SpecModel):
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     update_strategy: UpdateStrategy = Field(default_factory=UpdateStrategy)
     networking: Networking = Field(default_factory=Networking)
+    canary: Canary = Field(default_factory=Canary)  # policy of canary rollouts (the spec hash only)
 
     @field_validator("model_path")
     @classmethod

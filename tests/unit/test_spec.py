@@ -122,6 +122,22 @@ def test_minimal_spec_gets_every_cortex_default(project: Path) -> None:
             },
             "update_strategy": {"max_surge": "25%", "max_unavailable": "25%", "progress_deadline": "10m"},
             "networking": {"endpoint": "/iris"},
+            "canary": {
+                "steps": [5, 25, 50, 100],
+                "bake": "1m",
+                "analysis_interval": "1m",
+                "min_samples": 100,
+                "inconclusive": "extend",
+                "max_extensions": 3,
+                "max_error_rate_increase": 0.01,
+                "max_latency_ratio": 1.5,
+                "drift_test": "chi2",
+                "drift_threshold": 0.01,
+                "windows": [],
+                "freeze": [],
+                "timezone": "UTC",
+                "shadow": 0.0,
+            },
         }
     ]
 
@@ -654,3 +670,170 @@ def test_a_refresh_token_changes_both_hashes_and_none_keeps_them(project: Path) 
     assert pod_hash(a, PACKAGE, "") == pod_hash(a, PACKAGE)
     assert pod_hash(a, PACKAGE, "t1") != pod_hash(a, PACKAGE)
     assert spec_hash(a, PACKAGE, "t1") != spec_hash(a, PACKAGE)
+
+
+# --- canary ------------------------------------------------------------------------------------------------
+
+CANARY_DEFAULTS: dict[str, Any] = {
+    "steps": [5, 25, 50, 100], "bake": "1m", "analysis_interval": "1m", "min_samples": 100,
+    "inconclusive": "extend", "max_extensions": 3, "max_error_rate_increase": 0.01, "max_latency_ratio": 1.5,
+    "drift_test": "chi2", "drift_threshold": 0.01, "windows": [], "freeze": [], "timezone": "UTC", "shadow": 0,
+}  # fmt: skip
+
+
+def test_canary_defaults_and_parsed_values(project: Path) -> None:
+    c = api(project).canary
+    assert c.model_dump() == {**CANARY_DEFAULTS, "shadow": 0.0}
+    assert (c.bake_seconds, c.analysis_interval_seconds, c.freeze_ranges) == (60.0, 60.0, [])
+
+
+def test_canary_windows_freeze_and_time_zones(project: Path) -> None:
+    import datetime as dt
+
+    c = api(
+        project,
+        canary={
+            "steps": [10, 50, 100], "bake": 300, "analysis_interval": "30s", "timezone": "Europe/Berlin",
+            "windows": [{"days": ["fri", "mon", "wed"], "start": "09:00", "end": "17:30"},
+                        {"days": ["sat"], "start": "22:00", "end": "06:00", "timezone": "America/New_York"}],
+            "freeze": [dt.date(2024, 12, 24), "2024-12-31", "2024-12-20/2025-01-02", "2025-01-05/2025-01-05"],
+            "drift_test": "psi", "shadow": 0.1, "inconclusive": "hold",
+        },
+    ).canary  # fmt: skip
+    assert (c.steps, c.bake, c.bake_seconds, c.analysis_interval_seconds) == ([10, 50, 100], "5m", 300.0, 30.0)
+    first, second = c.windows
+    assert (first.days, first.start, first.end, first.timezone) == (["mon", "wed", "fri"], "09:00", "17:30", "Europe/Berlin")
+    assert (first.start_minutes, first.end_minutes, first.overnight) == (540, 1050, False)
+    assert (second.timezone, second.overnight) == ("America/New_York", True)
+    assert c.freeze == ["2024-12-24", "2024-12-31", "2024-12-20/2025-01-02", "2025-01-05"]
+    assert c.freeze_ranges[2] == (dt.date(2024, 12, 20), dt.date(2025, 1, 2))
+    assert (c.drift_threshold, c.shadow, c.inconclusive) == (0.2, 0.1, "hold")
+
+
+@pytest.mark.parametrize(("test", "threshold"), [("chi2", 0.01), ("ks", 0.01), ("psi", 0.2)])
+def test_canary_drift_threshold_defaults_per_test(project: Path, test: str, threshold: float) -> None:
+    assert api(project, canary={"drift_test": test}).canary.drift_threshold == threshold
+    assert api(project, canary={"drift_test": test, "drift_threshold": 0.5}).canary.drift_threshold == 0.5
+
+
+def test_canary_whole_day_window_and_midnight_end(project: Path) -> None:
+    c = api(project, canary={"windows": [{}, {"start": "20:00", "end": "24:00"}, {"start": "23:00", "end": "00:00"}]}).canary
+    assert [(w.start, w.end, w.overnight) for w in c.windows] == [
+        ("00:00", "24:00", False), ("20:00", "24:00", False), ("23:00", "00:00", True)
+    ]  # fmt: skip
+    assert c.windows[0].days == ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+@pytest.mark.parametrize(
+    ("canary", "path", "message"),
+    [({"steps": []}, "canary.steps", "must list at least one traffic weight in percent, ending at 100 (e.g. [5, 25, 50, 100])"),
+     ({"steps": [0, 100]}, "canary.steps", "weights must be between 1 and 100 (percent of traffic), got 0"),
+     ({"steps": [50, 150]}, "canary.steps", "weights must be between 1 and 100 (percent of traffic), got 150"),
+     ({"steps": [5, 50, 25, 100]}, "canary.steps", "must be strictly increasing (e.g. [5, 25, 50, 100]), got [5, 50, 25, 100]"),
+     ({"steps": [5, 5, 100]}, "canary.steps", "must be strictly increasing (e.g. [5, 25, 50, 100]), got [5, 5, 100]"),
+     ({"steps": [5, 25, 50]}, "canary.steps", "must end at 100 (the candidate takes all traffic before it is promoted), got [5, 25, 50]"),
+     ({"steps": ["5", 100]}, "canary.steps[0]", "expected an integer, got '5'"),
+     ({"steps": 100}, "canary.steps", "expected a list, got 100"),
+     ({"bake": "soon"}, "canary.bake", "expected a duration like '10s', '5m', '1h' or '1m30s', or a number of seconds; got 'soon'"),
+     ({"bake": "30s"}, "canary.bake", "must be >= analysis_interval (1m), so every step is analysed, got '30s'"),
+     ({"analysis_interval": "5s", "bake": "5s"}, "canary.analysis_interval", "must be at least 10s, got '5s'"),
+     ({"min_samples": 0}, "canary.min_samples", "must be >= 1, got 0"),
+     ({"inconclusive": "wait"}, "canary.inconclusive", "expected 'extend', 'hold' or 'rollback', got 'wait'"),
+     ({"max_extensions": -1}, "canary.max_extensions", "must be >= 0, got -1"),
+     ({"max_error_rate_increase": 1.5}, "canary.max_error_rate_increase", "must be >= 0 and <= 1, got 1.5"),
+     ({"max_latency_ratio": 0.9}, "canary.max_latency_ratio", "must be >= 1, got 0.9"),
+     ({"drift_test": "t-test"}, "canary.drift_test", "expected 'chi2', 'psi' or 'ks', got 't-test'"),
+     ({"drift_threshold": 0}, "canary.drift_threshold", "must be > 0, got 0"),
+     ({"drift_threshold": 1.5}, "canary.drift_threshold", "for drift_test 'chi2' is a p-value: must be > 0 and < 1, got 1.5"),
+     ({"shadow": 1.5}, "canary.shadow", "must be >= 0 and <= 1, got 1.5"),
+     ({"shadow": True}, "canary.shadow", "expected a number, got true"),
+     ({"timezone": "Europe/Berln"}, "canary.timezone", "unknown time zone 'Europe/Berln' (did you mean 'Europe/Berlin'?); expected an IANA name like 'Europe/Berlin', 'America/New_York' or 'UTC'"),
+     ({"timezone": "europe/berlin"}, "canary.timezone", "unknown time zone 'europe/berlin' (did you mean 'Europe/Berlin'?)"),
+     ({"timezone": "../etc/passwd"}, "canary.timezone", "unknown time zone '../etc/passwd'"),
+     ({"windows": {"start": "09:00"}}, "canary.windows", "expected a list, got a mapping"),
+     ({"windows": [{"days": ["monday"]}]}, "canary.windows[0].days[0]", "expected 'mon', 'tue', 'wed', 'thu', 'fri', 'sat' or 'sun', got 'monday'"),
+     ({"windows": [{"days": []}]}, "canary.windows[0].days", "must name at least one day (mon, tue, wed, thu, fri, sat, sun)"),
+     ({"windows": [{"days": ["mon", "tue", "mon"]}]}, "canary.windows[0].days", "lists 'mon' more than once"),
+     ({"windows": [{"start": "9am"}]}, "canary.windows[0].start", "expected a time 'HH:MM' between '00:00' and '24:00', got '9am'"),
+     ({"windows": [{"end": "25:00"}]}, "canary.windows[0].end", "expected a time 'HH:MM' between '00:00' and '24:00', got '25:00'"),
+     ({"windows": [{"end": "12:60"}]}, "canary.windows[0].end", "expected a time 'HH:MM' between '00:00' and '24:00', got '12:60'"),
+     ({"windows": [{"start": "24:00", "end": "06:00"}]}, "canary.windows[0].start", "must be before '24:00' (a window starting at midnight starts at '00:00')"),
+     ({"windows": [{"start": "09:00", "end": "09:00"}]}, "canary.windows[0].end", "must differ from start ('09:00'); for a whole day use '00:00' to '24:00'"),
+     ({"windows": [{"timezone": "Mars/Olympus"}]}, "canary.windows[0].timezone", "unknown time zone 'Mars/Olympus'"),
+     ({"windows": [{"tz": "UTC"}]}, "canary.windows[0].tz", "unknown field 'tz'; allowed: days, start, end, timezone"),
+     ({"windows": [{"timezon": "UTC"}]}, "canary.windows[0].timezon", "unknown field 'timezon' (did you mean 'timezone'?); allowed: days, start, end, timezone"),
+     ({"windows": ["09:00-17:00"]}, "canary.windows[0]", "expected a mapping, got '09:00-17:00'"),
+     ({"freeze": ["24.12.2024"]}, "canary.freeze[0]", "expected a date 'YYYY-MM-DD' or an inclusive range 'YYYY-MM-DD/YYYY-MM-DD'; got '24.12.2024'"),
+     ({"freeze": ["2024-02-30"]}, "canary.freeze[0]", "'2024-02-30' is not a calendar date"),
+     ({"freeze": ["2025-01-02/2024-12-20"]}, "canary.freeze[0]", "a range must not end before it starts, got '2025-01-02/2024-12-20'"),
+     ({"freeze": [20241224]}, "canary.freeze[0]", "got 20241224"),
+     ({"stepz": [100]}, "canary.stepz", "unknown field 'stepz' (did you mean 'steps'?); allowed: steps, bake,")],
+)  # fmt: skip
+def test_canary_errors_name_the_field_and_what_is_allowed(
+    project: Path, canary: dict[str, Any], path: str, message: str
+) -> None:
+    err = spec_error(project, yaml.safe_dump([merged(BASE, {"canary": canary})]))
+    assert message in problem_line(err, f"iris.{path}")
+
+
+def test_canary_times_and_dates_written_unquoted_in_yaml(project: Path) -> None:
+    """YAML 1.1 reads 22:00 as the number 1320 but 09:00 as a string, and 2024-12-24 as a date."""
+    text = (
+        "- name: iris\n  kind: RealtimeAPI\n  handler: {type: python, path: handler.py}\n"
+        "  canary:\n    windows: [{start: 09:00, end: 17:00}]\n    freeze: [2024-12-24]\n"
+    )
+    err = spec_error(project, text)
+    line = problem_line(err, "iris.canary.windows[0].end")
+    assert "expected a time 'HH:MM' in quotes, got the number 1020 (YAML reads an unquoted 17:00 as a number: quote it)" in line
+    ok = parse(project, text.replace("end: 17:00", "end: '17:00'")).apis[0].canary
+    assert (ok.windows[0].start, ok.windows[0].end, ok.freeze) == ("09:00", "17:00", ["2024-12-24"])
+    err = spec_error(project, text.replace("[2024-12-24]", "[2024-12-24 10:00:00]"))
+    assert "freezes cover whole days" in problem_line(err, "iris.canary.freeze[0]")
+
+
+def test_canary_problems_are_reported_together(project: Path) -> None:
+    err = spec_error(project, yaml.safe_dump([merged(BASE, {"canary": {"steps": [50, 25], "bake": "10s"}})]))
+    assert "must be strictly increasing" in problem_line(err, "iris.canary.steps")
+    assert "must be >= analysis_interval" in problem_line(err, "iris.canary.bake")
+
+
+def test_canary_at_its_defaults_keeps_the_hashes_of_running_apis(project: Path) -> None:
+    """The canary block came after the first release: written out at its defaults (in other spellings, in
+    another order) or omitted, the pinned hashes of test_fields_added_later_... do not change."""
+    pinned = ("cbffdadee3a4cfbb43e8c2d7ddc30761", "755e51081af5b0359fc008f48147b5c3")
+    spelled = {**CANARY_DEFAULTS, "bake": 60, "analysis_interval": "60s", "drift_threshold": None}
+    assert hashes(api(project, canary=CANARY_DEFAULTS)) == pinned
+    assert hashes(api(project, canary=reversed_keys(spelled))) == pinned
+    assert hashes(api(project, canary={})) == pinned
+
+
+@pytest.mark.parametrize(
+    "canary",
+    [{"steps": [10, 100]}, {"bake": "5m"}, {"inconclusive": "hold"}, {"shadow": 0.1}, {"drift_test": "psi"},
+     {"windows": [{"start": "09:00", "end": "17:00"}]}, {"freeze": ["2024-12-24"]}, {"timezone": "Europe/Berlin"}],
+)  # fmt: skip
+def test_canary_policy_changes_only_the_spec_hash(project: Path, canary: dict[str, Any]) -> None:
+    before, after = hashes(api(project)), hashes(api(project, canary=canary))
+    assert after[0] == before[0]
+    assert after[1] != before[1]
+
+
+def test_canary_is_a_spec_field_never_a_pod_field() -> None:
+    assert "canary" in SPEC_FIELDS and "canary" not in POD_FIELDS
+
+
+def test_canary_window_order_and_default_time_zone_do_not_change_the_hash(project: Path) -> None:
+    one = api(project, canary={"windows": [{"days": ["fri", "mon"]}]})
+    other = api(project, canary={"windows": [{"days": ["mon", "fri"], "timezone": "UTC"}]})
+    assert hashes(one) == hashes(other)
+
+
+def test_a_dump_with_a_canary_validates_back_to_the_same_api(project: Path) -> None:
+    a = api(
+        project,
+        canary={"steps": [20, 100], "windows": [{"days": ["sat"], "start": "22:00", "end": "06:00"}],
+                "freeze": ["2024-12-20/2025-01-02"], "timezone": "Asia/Tokyo", "drift_test": "ks", "shadow": 0.5},
+    )  # fmt: skip
+    again = RealtimeAPI.model_validate(a.model_dump(mode="json"))
+    assert again == a
+    assert spec_hash(again, PACKAGE) == spec_hash(a, PACKAGE)
