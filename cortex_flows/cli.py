@@ -94,6 +94,53 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     return _run_rollout_flow("refresh", refresh, name=args.name, **_rollout_args(args))
 
 
+def cmd_canary(args: argparse.Namespace) -> int:
+    from cortex_flows.spec import SpecError, load_spec
+
+    try:
+        load_spec(args.path)
+    except SpecError as exc:
+        return _invalid_spec(exc)
+    _quiet_temporary_server()
+    from cortex_flows.flows.canary import canary_rollout
+
+    overrides = _canary_overrides(args)
+    params = {"bake_time": overrides.pop("bake"), **overrides}
+    payload = json.loads(args.smoke_payload) if args.smoke_payload else None
+    try:
+        result = canary_rollout(path=args.path, api=args.api, cluster=args.cluster, smoke_payload=payload,
+                                wait=args.wait, **params)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - a failed flow run re-raises whatever its task raised
+        err.print(f"canary failed: {exc}", highlight=False, markup=False)
+        return EXIT_FAILED
+    out.print(f"{result['outcome']}: {args.api or ''} r{result['revision']}".replace(":  r", ": r"), highlight=False)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Read-only: the spec, the overrides and what runs now give the plan; nothing changes."""
+    from cortex_flows.rollout.canary import apply_overrides, plan_canary, render_plan
+    from cortex_flows.spec import SpecError, load_spec
+
+    try:
+        project = load_spec(args.path)
+        api = project.select(args.api)
+        policy = apply_overrides(api.canary, _canary_overrides(args))
+    except SpecError as exc:
+        return _invalid_spec(exc)
+    except ValueError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        return EXIT_USAGE
+    backend = _backend()
+    status = asyncio.run(backend.status(api.name)) if running_agent(backend.home) else None
+    current = status.current.desired if status and status.current else api.init_replicas
+    target = min(max(current, api.autoscaling.min_replicas), api.autoscaling.max_replicas)
+    plan = plan_canary(policy, stable_replicas=current, candidate_target=target,
+                       min_replicas=api.autoscaling.min_replicas, max_replicas=api.autoscaling.max_replicas)  # fmt: skip
+    out.print(render_plan(plan), highlight=False, markup=False)
+    return 0
+
+
 def _rollout_args(args: argparse.Namespace) -> dict[str, Any]:
     return {"cluster": args.cluster, "timeout": args.timeout, "wait": args.wait}
 
@@ -279,6 +326,18 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--smoke-payload", help="JSON body the smoke test POSTs to each new version")
     d.set_defaults(fn=cmd_deploy)
 
+    cn = sub.add_parser("canary", help="canary a new version of an API (runs the canary-rollout flow)")
+    cn.add_argument("path", nargs="?", default=".", help="project directory or cortex.yaml (default: .)")
+    _canary_options(cn)
+    cn.add_argument("--smoke-payload", help="JSON body the smoke test POSTs to the candidate")
+    _rollout_options(cn)
+    cn.set_defaults(fn=cmd_canary)
+
+    pl = sub.add_parser("plan", help="preview a canary rollout's steps, durations and replicas (changes nothing)")
+    pl.add_argument("path", nargs="?", default=".", help="project directory or cortex.yaml (default: .)")
+    _canary_options(pl)
+    pl.set_defaults(fn=cmd_plan)
+
     rb = sub.add_parser("rollback", help="roll an API back to an earlier revision (runs the rollback flow)")
     rb.add_argument("name")
     rb.add_argument("--to", type=int, help="revision to return to (default: the one before the current)")
@@ -329,6 +388,20 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("files", nargs="+")
     b.set_defaults(fn=cmd_blocks)
     return p
+
+
+def _canary_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api", help="the API to canary (default: the project's only API)")
+    p.add_argument("--steps", type=lambda v: [int(x) for x in v.split(",")], help="traffic weights, e.g. 5,25,100")
+    p.add_argument("--bake", help="time at each step, e.g. 2m")
+    p.add_argument("--analysis-interval", help="how often the versions are compared, e.g. 30s")
+    p.add_argument("--min-samples", type=int, help="requests per version before a verdict counts")
+    p.add_argument("--inconclusive", choices=("extend", "hold", "rollback"), help="policy when data is thin")
+
+
+def _canary_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"steps": args.steps, "bake": args.bake, "analysis_interval": args.analysis_interval,
+            "min_samples": args.min_samples, "inconclusive": args.inconclusive}  # fmt: skip
 
 
 def _rollout_options(p: argparse.ArgumentParser) -> None:

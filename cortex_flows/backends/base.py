@@ -7,14 +7,18 @@ the backend converges to it and reports what is actually running.
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cortex_flows.serving.config import ReplicaConfig
+
+if TYPE_CHECKING:
+    from cortex_flows.rollout.analysis import ArmMetrics
 
 
 class BackendError(Exception):
@@ -140,6 +144,95 @@ class ApiStatus(BaseModel):
         return cur.ready if cur else 0
 
 
+class VersionMetrics(BaseModel):
+    """What one version's replicas answered from `started` to `at`, summed over its replicas.
+
+    From `Backend.version_metrics` the counts are cumulative: every replica the version ran since it was
+    created (or since the backend started counting it, `started`), including replicas that have since
+    stopped or restarted, so each count only grows. `since` turns two such snapshots into the counts of
+    the window between them, and `as_arm` into what canary analysis judges. The series are the replicas'
+    own (`cortex_flows.serving.metrics`): requests by status code, the latency histogram of admitted
+    requests, and predictions (class counts; count and sum of numeric ones).
+    """
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")  # the +Inf bucket survives JSON
+
+    requests: int = 0  # every response a replica sent, by any status
+    errors: int = 0  # 5xx responses (the client's 4xx are not errors of the version)
+    by_status: dict[str, int] = Field(default_factory=dict)  # "200" -> count
+    # Cumulative Prometheus buckets of the request duration, (upper bound in seconds, count), +Inf last;
+    # the +Inf count is the number of admitted requests (requests shed before admission have no latency).
+    latency_buckets: list[tuple[float, int]] = Field(default_factory=list)
+    classes: dict[str, int] = Field(default_factory=dict)  # predicted class -> count
+    value_count: int = 0  # numeric predictions
+    value_sum: float = 0.0  # their sum (signed, as the predictions are)
+    replicas_seen: int = 0  # replicas whose /metrics answered for this snapshot
+    started: datetime | None = None  # start of the counting: the counts cover [started, at]
+    at: datetime
+
+    @property
+    def value_mean(self) -> float | None:
+        return self.value_sum / self.value_count if self.value_count else None
+
+    def since(self, earlier: VersionMetrics | None) -> VersionMetrics:
+        """The counts between `earlier` (a snapshot of the same version) and this one; never negative.
+
+        None means from the start. If the two were counted from different starts (the backend restarted
+        its counting in between, losing what it had carried), this whole snapshot is the window's count,
+        as Prometheus' `increase()` reads a counter reset. A count lower than before is otherwise taken as
+        no change (0), and buckets stay cumulative.
+        """
+        if earlier is None:
+            return self.model_copy(deep=True)
+        if earlier.started is not None and self.started is not None and earlier.started != self.started:
+            return self.model_copy(deep=True)
+        by_status = _minus(self.by_status, earlier.by_status)
+        classes = _minus(self.classes, earlier.classes)
+        before = dict(earlier.latency_buckets)
+        buckets: list[tuple[float, int]] = []
+        running = 0
+        for le, count in self.latency_buckets:
+            running = max(running, count - before.get(le, 0))
+            buckets.append((le, running))
+        value_count = max(0, self.value_count - earlier.value_count)
+        return VersionMetrics(
+            requests=sum(by_status.values()) if self.by_status else max(0, self.requests - earlier.requests),
+            errors=server_errors(by_status) if self.by_status else max(0, self.errors - earlier.errors),
+            by_status=by_status,
+            latency_buckets=buckets,
+            classes=classes,
+            value_count=value_count,
+            value_sum=self.value_sum - earlier.value_sum if value_count else 0.0,
+            replicas_seen=self.replicas_seen,
+            started=earlier.at,
+            at=self.at,
+        )
+
+    def as_arm(self) -> ArmMetrics:
+        """These counts as one arm of `cortex_flows.rollout.analysis` (requests, 5xx, latency buckets,
+        classes; numeric predictions are only a count and sum here, so no value samples)."""
+        from cortex_flows.rollout.analysis import ArmMetrics  # numpy and scipy: only when analysing
+
+        buckets = self.latency_buckets if len(self.latency_buckets) >= 2 else ()
+        if buckets and not math.isinf(buckets[-1][0]):
+            raise ValueError("latency buckets must end with +Inf")
+        return ArmMetrics(
+            requests=self.requests,
+            errors=min(self.errors, self.requests),
+            latency_buckets=buckets,
+            classes=dict(self.classes),
+        )
+
+
+def _minus(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {key: max(0, n - before.get(key, 0)) for key, n in now.items()}
+
+
+def server_errors(by_status: dict[str, int]) -> int:
+    """5xx responses among counts by status code."""
+    return sum(n for code, n in by_status.items() if code.startswith("5") and len(code) == 3)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Operations a flow may ask of the place APIs run. Every method is idempotent."""
@@ -161,6 +254,13 @@ class Backend(Protocol):
         """(status, body) of one request to a ready replica of the revision, bypassing traffic weights:
         POST `payload`, or GET `/readyz` when it is None. Lets a rollout test a version before it
         takes traffic."""
+
+    async def version_metrics(self, api: str, revision: int) -> VersionMetrics:
+        """Cumulative metrics of a version's replicas since it started (see VersionMetrics): requests by
+        status, 5xx errors, latency buckets and predictions, summed over every replica it ran, counting
+        the last values of replicas that stopped or restarted, so each count never decreases. Two calls'
+        `since` is what the version answered in between, which canary analysis compares across versions.
+        Raises NotFound when the API or revision is not deployed."""
 
     def hold(self, api: str, *, wait: bool, what: str) -> AbstractContextManager[None]:
         """Exclusive right to change the API, across processes, released if the holder dies. Blocks

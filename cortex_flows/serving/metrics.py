@@ -62,14 +62,21 @@ class ReplicaMetrics:
             self._duration.observe(seconds)
 
     def observe_result(self, result: object) -> None:
-        """Record the prediction distribution from a `{"prediction": p}` / `{"predictions": [...]}` result."""
-        if type(result) is not dict:
+        """Record the prediction distribution from a `{"prediction": p}` / `{"predictions": [...]}` result,
+        or from a bare prediction: a handler returning just the class (`"setosa"`, `2`, `True`), as
+        Cortex's examples did, or just a float."""
+        if type(result) is dict:
+            if "prediction" in result:
+                self._observe_prediction(result["prediction"])
+            elif type(predictions := result.get("predictions")) is list:
+                for prediction in predictions:
+                    self._observe_prediction(prediction)
             return
-        if "prediction" in result:
-            self._observe_prediction(result["prediction"])
-        elif type(predictions := result.get("predictions")) is list:
-            for prediction in predictions:
-                self._observe_prediction(prediction)
+        kind = type(result)  # exact types, so the request path pays a few identity checks
+        if kind is str or kind is int or kind is bool:
+            self._class_child(str(result)).inc()
+        elif kind is float:
+            self._values.observe(result)
 
     def _observe_prediction(self, prediction: object) -> None:
         if type(prediction) is float:

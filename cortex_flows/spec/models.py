@@ -629,3 +629,12 @@ class ProjectSpec:
     apis: list[ApiSpec]
     # What loading noted without failing (a Cortex-era spec, fields dropped as not applicable), paths as in errors
     notices: list[Problem] = dataclasses.field(default_factory=list)
+
+    def select(self, name: str | None) -> ApiSpec:
+        """The API called `name`, or the project's only API when `name` is None."""
+        names = [a.name for a in self.apis]
+        if name is None and len(names) == 1:
+            return self.apis[0]
+        if name in names:
+            return self.apis[names.index(name)]
+        raise ValueError(f"name one of the project's APIs: {', '.join(names)}")

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,7 @@ from cortex_flows.backends.base import (
     NotFound,
     Outcome,
     Revision,
+    VersionMetrics,
     VersionSpec,
     VersionStatus,
     summarize,
@@ -34,6 +36,12 @@ from cortex_flows.backends.base import (
 from cortex_flows.backends.local.autoscaler import DEFAULT_TICK_SECONDS, Autoscaler, WakingTable
 from cortex_flows.backends.local.gateway import Gateway, RoutingTable, Upstream
 from cortex_flows.backends.local.home import AgentInfo, LocalHome, write_private
+from cortex_flows.backends.local.scrape import (
+    INTERVAL_ENV,
+    SCRAPE_INTERVAL,
+    MetricsCollector,
+    interval_from_env,
+)
 from cortex_flows.backends.local.state import ApiRecord, VersionState, load_state, now, save_state
 from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS, Supervisor, log_tail
 from cortex_flows.spec import RealtimeAPI
@@ -48,13 +56,21 @@ class Agent:
     """Desired state plus the machinery that converges to it. Mutations of one API are serialised."""
 
     def __init__(
-        self, home: LocalHome, gateway: Gateway, table: RoutingTable, autoscale_tick: float = DEFAULT_TICK_SECONDS
+        self,
+        home: LocalHome,
+        gateway: Gateway,
+        table: RoutingTable,
+        autoscale_tick: float = DEFAULT_TICK_SECONDS,
+        metrics_interval: float = SCRAPE_INTERVAL,
     ) -> None:
         self.home = home
         self.gateway = gateway
         self.table = table
+        self.started = now()
         self.state = load_state(home.state_file)
         self.supervisor = Supervisor(home.replicas, home.logs, self._publish)
+        self.metrics = MetricsCollector(self.supervisor, self._counting_start, metrics_interval)
+        self.supervisor.before_stop = self.metrics.before_stop
         self._locks: dict[str, asyncio.Lock] = {}
         self._specs: dict[str, RealtimeAPI] = {}  # by spec hash: parsed once, read every second
         self._waking: set[str] = set()
@@ -102,6 +118,15 @@ class Agent:
         task = asyncio.get_running_loop().create_task(start())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _counting_start(self, api: str, revision: int) -> datetime | None:
+        """When this agent began counting a version's metrics; None if the version is not deployed."""
+        rec = self.state.apis.get(api)
+        version = rec.versions.get(revision) if rec else None
+        return None if version is None else max(version.created, self.started)
+
+    def _deployed(self) -> list[tuple[str, int]]:
+        return [(api, revision) for api, rec in self.state.apis.items() for revision in rec.versions]
 
     def _lock(self, api: str) -> asyncio.Lock:
         return self._locks.setdefault(api, asyncio.Lock())
@@ -215,6 +240,7 @@ class Agent:
                 self._publish(api)
                 await self.supervisor.stop_all(api, revision, self._drain_count, DEFAULT_GRACE_SECONDS)
                 del rec.versions[revision]
+                self.metrics.forget(api, revision)
             rec.set_outcome(revision, outcome)
             rec.last_update = now()
             self._save()
@@ -233,6 +259,7 @@ class Agent:
             self.table.remove_route(api)
             for revision in rec.versions:
                 await self.supervisor.stop_all(api, revision, self._drain_count, DEFAULT_GRACE_SECONDS)
+            self.metrics.forget(api)
             (self.home.secrets / f"{api}.json").unlink(missing_ok=True)
             return True
 
@@ -268,6 +295,15 @@ class Agent:
                 raise BackendError(f"probe of {api!r} r{revision} failed: {exc!r}", status=502) from exc
         return resp.status_code, resp.text
 
+    async def version_metrics(self, api: str, revision: int) -> VersionMetrics:
+        """Cumulative metrics of a version from a fresh scrape of its replicas (see `scrape`)."""
+        if revision not in self._record(api).versions:
+            raise NotFound(f"{api!r} has no revision {revision}")
+        metrics = await self.metrics.version_metrics(api, revision)
+        if metrics is None:  # removed while its replicas were being scraped
+            raise NotFound(f"{api!r} has no revision {revision}")
+        return metrics
+
     def history(self, api: str) -> list[Revision]:
         return self._record(api).history
 
@@ -277,7 +313,12 @@ class Agent:
         return "\n".join(f"==> {p.stem} <==\n{log_tail(p, tail)}" for p in files[-8:])
 
 
-async def serve(home: LocalHome, gateway_port: int, autoscale_tick: float = DEFAULT_TICK_SECONDS) -> None:
+async def serve(
+    home: LocalHome,
+    gateway_port: int,
+    autoscale_tick: float = DEFAULT_TICK_SECONDS,
+    metrics_interval: float = SCRAPE_INTERVAL,
+) -> None:
     """Run the agent until SIGTERM/SIGINT or a shutdown request."""
     from cortex_flows.backends.local.control import control_app
 
@@ -286,7 +327,7 @@ async def serve(home: LocalHome, gateway_port: int, autoscale_tick: float = DEFA
     table = WakingTable()
     gateway = Gateway(table, host="127.0.0.1", port=gateway_port)
     await gateway.start()
-    agent = Agent(home, gateway, table, autoscale_tick)
+    agent = Agent(home, gateway, table, autoscale_tick, metrics_interval)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -307,10 +348,13 @@ async def serve(home: LocalHome, gateway_port: int, autoscale_tick: float = DEFA
     home.write_info(AgentInfo(os.getpid(), sock.getsockname()[1], gateway.port))
     log.info("agent up: gateway http://127.0.0.1:%d, control port %d", gateway.port, sock.getsockname()[1])
     autoscaling = asyncio.create_task(agent.autoscaler.run())
+    scraping = asyncio.create_task(agent.metrics.run(agent._deployed))
     await stop.wait()
     autoscaling.cancel()
+    scraping.cancel()
     log.info("agent stopping")
     home.info_file.unlink(missing_ok=True)
+    await agent.metrics.aclose()  # replicas stopping now need no final scrape
     await agent.supervisor.shutdown(grace=DEFAULT_GRACE_SECONDS)
     await gateway.stop(grace=5.0)
     server.should_exit = True
@@ -326,6 +370,11 @@ def main() -> None:
         "--autoscale-tick", type=float, default=float(os.environ.get(TICK_ENV, DEFAULT_TICK_SECONDS)),
         help=f"seconds between autoscaling decisions (default: ${TICK_ENV} or {DEFAULT_TICK_SECONDS:g})",
     )  # fmt: skip
+    parser.add_argument(
+        "--metrics-interval", type=float, default=interval_from_env(),
+        help=f"seconds between background scrapes of replica metrics, 0 for none "
+        f"(default: ${INTERVAL_ENV} or {SCRAPE_INTERVAL:g})",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -338,7 +387,7 @@ def main() -> None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SystemExit(f"another agent is running for {home.root}") from None
-        runner.run(serve(home, args.port, args.autoscale_tick))
+        runner.run(serve(home, args.port, args.autoscale_tick, args.metrics_interval))
 
 
 if __name__ == "__main__":

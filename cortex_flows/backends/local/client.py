@@ -24,6 +24,7 @@ from cortex_flows.backends.base import (
     NotFound,
     Outcome,
     Revision,
+    VersionMetrics,
     VersionSpec,
 )
 from cortex_flows.backends.local.home import AgentInfo, LocalHome, default_gateway_port
@@ -192,6 +193,11 @@ class LocalBackend:
         body = None if payload is None else {"payload": payload}
         data = (await self._call("POST", f"/v1/apis/{api}/versions/{revision}/probe", json=body)).json()
         return data["status"], data["body"]
+
+    async def version_metrics(self, api: str, revision: int) -> VersionMetrics:
+        """The agent scrapes the version's replicas now and answers with its cumulative counts."""
+        resp = await self._call("GET", f"/v1/apis/{api}/versions/{revision}/metrics")
+        return VersionMetrics.model_validate_json(resp.content)
 
     @contextlib.contextmanager
     def hold(self, api: str, *, wait: bool, what: str) -> Iterator[None]:

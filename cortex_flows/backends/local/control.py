@@ -101,6 +101,11 @@ def control_app(agent: Agent, token: str, stop: asyncio.Event) -> Starlette:
         )
         return JSONResponse({"status": status, "body": text})
 
+    async def metrics(request: Request) -> Response:
+        result = await agent.version_metrics(request.path_params["api"], request.path_params["rev"])
+        # model_dump_json, not JSONResponse: the +Inf latency bucket is not JSON, pydantic writes "Infinity"
+        return Response(result.model_dump_json(), media_type="application/json")
+
     async def history(request: Request) -> Response:
         revisions = agent.history(request.path_params["api"])
         return JSONResponse([r.model_dump(mode="json") for r in revisions])
@@ -129,5 +134,6 @@ def control_app(agent: Agent, token: str, stop: asyncio.Event) -> Starlette:
         Route(version + "/replicas", guarded(scale), methods=["PUT"]),
         Route(version + "/outcome", guarded(outcome), methods=["PUT"]),
         Route(version + "/probe", guarded(probe), methods=["POST"]),
+        Route(version + "/metrics", guarded(metrics)),
     ]
     return Starlette(routes=routes)

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -102,6 +102,8 @@ class Supervisor:
         self.log_dir = log_dir
         self.on_change = on_change
         self.replicas: dict[tuple[str, int], list[Replica]] = {}
+        # Called with a drained replica right before it is sent SIGTERM (the agent keeps its final metrics).
+        self.before_stop: Callable[[Replica], Awaitable[None]] | None = None
         self._http = httpx.AsyncClient(timeout=2.0)
 
     def of(self, api: str, revision: int) -> list[Replica]:
@@ -220,6 +222,11 @@ class Supervisor:
         while was_ready and drain(replica.upstream) > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         proc = replica.proc
+        if was_ready and self.before_stop is not None and proc is not None and proc.returncode is None:
+            try:
+                await self.before_stop(replica)
+            except Exception:  # a hook must never keep a replica from stopping
+                log.exception("before-stop hook failed for replica %s", replica.id)
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)

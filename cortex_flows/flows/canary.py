@@ -1,0 +1,182 @@
+"""The canary rollout flow: the candidate runs beside the stable version and takes traffic step by step,
+judged every analysis interval; a failing verdict sends all traffic back at once, the last step promotes.
+
+The loop follows `rollout.canary.next_action` (steps, extensions, time windows); each move, bake, rollback
+and promotion is a task, so the run's task list is the rollout's history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.events import emit_event
+
+from cortex_flows.rollout.analysis import Thresholds, markdown_table
+from cortex_flows.rollout.canary import (
+    NOT_STARTED,
+    Action,
+    apply_overrides,
+    next_action,
+    plan_canary,
+    render_plan,
+)
+from cortex_flows.rollout.plan import Action as DeployAction
+from cortex_flows.rollout.windows import is_open, next_open
+from cortex_flows.spec import RealtimeAPI
+from cortex_flows.tasks.canary import arm_metrics, bake, move, promote, roll_back
+from cortex_flows.tasks.clusters import load_cluster
+from cortex_flows.tasks.deploy import apply, build, load_project, plan, prepare, store
+from cortex_flows.tasks.rollout import RolloutFailed, smoke_test
+
+MAX_PAUSE_SLEEP = 300.0  # a paused rollout looks at the clock at least this often
+
+
+@flow(name="canary-rollout", flow_run_name="canary {path}")
+def canary_rollout(
+    path: str = ".",
+    api: str | None = None,
+    cluster: str | None = None,
+    steps: list[int] | None = None,
+    bake_time: str | None = None,
+    analysis_interval: str | None = None,
+    min_samples: int | None = None,
+    inconclusive: str | None = None,
+    smoke_payload: dict[str, Any] | list[Any] | None = None,
+    wait: bool = True,
+) -> dict[str, Any]:
+    """Canary the project's API (the spec's `canary:` policy, with these overrides) and promote it, or
+    roll it back and fail. Returns the outcome, the revisions and the step ledger."""
+    logger = get_run_logger()
+    target = load_cluster(cluster)
+    project = load_project(path)
+    spec = project.select(api)
+    policy = apply_overrides(spec.canary, {"steps": steps, "bake": bake_time, "analysis_interval": analysis_interval,
+                                           "min_samples": min_samples, "inconclusive": inconclusive})  # fmt: skip
+    if policy.shadow > 0:
+        raise ValueError(f"{spec.name}: canary.shadow is not supported yet (mirroring traffic is not built)")
+    package = store(build(project), target)
+    backend = target.get_backend()
+    with backend.hold(spec.name, wait=wait, what=f"canary of {spec.name}"):
+        decided = plan.submit(spec, package, target).result()
+        if decided.action is not DeployAction.ROLL or len(decided.previous) != 1:
+            raise RolloutFailed(
+                f"{spec.name}: a canary needs one serving version and a pod change; the plan is {decided.action}"
+                f" (use `deploy` for new APIs, in-place changes and unfinished rollouts)"
+            )
+        prepare.submit(spec, package, decided, target, project.project_dir).result()
+        apply.submit(spec, package, decided, target).result()
+        stable = decided.previous[0]
+        revisions = (stable, decided.revision)
+        status = backend_status(target, spec.name)
+        stable_replicas = next(v.desired for v in status.versions if v.revision == stable)
+        steps_plan = plan_canary(
+            policy, stable_replicas=stable_replicas, candidate_target=decided.replicas,
+            min_replicas=spec.autoscaling.min_replicas, max_replicas=spec.autoscaling.max_replicas,
+        )  # fmt: skip
+        logger.info("canary plan for %s r%d:\n%s", spec.name, decided.revision, render_plan(steps_plan))
+        ledger: list[dict[str, str]] = []
+        outcome = _run(spec, policy, steps_plan, revisions, target, ledger, smoke_payload)
+    report = [f"# Canary of {spec.name}: r{stable} -> r{decided.revision}, {outcome['outcome']}", "",
+              render_plan(steps_plan), "", "## Ledger", "", markdown_table(ledger)]  # fmt: skip
+    create_markdown_artifact(key="canary-report", markdown="\n".join(report), description="cortex-flows canary")
+    if outcome["outcome"] != "promoted":
+        raise RolloutFailed(f"{spec.name}: canary rolled back: {outcome['reason']}")
+    return {**outcome, "ledger": ledger}
+
+
+def backend_status(cluster: Any, api: str) -> Any:
+    return asyncio.run(cluster.get_backend().status(api))
+
+
+def _run(
+    spec: RealtimeAPI, policy: Any, steps_plan: Any, revisions: tuple[int, int], cluster: Any,
+    ledger: list[dict[str, str]], smoke_payload: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Walk the plan; returns the outcome. The candidate takes no traffic until its first step."""
+    name, (stable, candidate) = spec.name, revisions
+    thresholds = Thresholds.from_canary(policy)
+    progress = create_progress_artifact(0.0, description=f"canary of {name} r{candidate}")
+    deadline = time.time() + spec.update_strategy.progress_deadline_seconds
+    first = steps_plan.steps[0]
+    _call(move, name, revisions, 0, (first.stable_replicas if first.weight == 0 else steps_plan.stable_replicas,
+                              first.candidate_replicas), cluster, deadline)  # fmt: skip
+    _call(smoke_test, name, candidate, cluster, smoke_payload)
+    reference = _call(arm_metrics, name, revisions, cluster)[0]
+    index, extensions, reason, step_started = NOT_STARTED, 0, "", time.monotonic()
+    decision = next_action(steps_plan, index, "pass", window_open=_open(policy))
+    while True:
+        if decision.action is Action.ROLLBACK:
+            began = time.monotonic()
+            back = began - step_started + _call(roll_back, name, revisions, steps_plan.stable_replicas, cluster)
+            _event("cortex.canary.rolled-back", name, candidate, {"reason": decision.reason, "seconds": back})
+            reason = f"{decision.reason} (all traffic on stable {back:.1f}s after the step began)"
+            return {"outcome": "rolled back", "reason": reason, "revision": stable, "seconds_to_stable": back}
+        if decision.action is Action.PROMOTE:
+            _call(promote, name, revisions, steps_plan.candidate_target, cluster)
+            _event("cortex.canary.promoted", name, candidate, {})
+            return {"outcome": "promoted", "reason": "", "revision": candidate}
+        if decision.action is Action.PAUSE:
+            _sleep_until_open(policy)
+        elif decision.action is Action.ADVANCE:
+            index, extensions = decision.step_index, 0
+            step = steps_plan.steps[index]
+            _call(move, name, revisions, step.weight, (step.stable_replicas, step.candidate_replicas), cluster, deadline)
+            step_started = time.monotonic()
+            _event("cortex.canary.step", name, candidate, {"weight": step.weight, "step": index + 1})
+            update_progress_artifact(progress, 100.0 * index / len(steps_plan.steps))
+        else:
+            extensions = decision.extensions  # EXTEND / HOLD: bake the same step again
+        step = steps_plan.steps[index]
+        verdict, reason = _bake(name, revisions, step, policy, thresholds, index == len(steps_plan.steps) - 1,
+                                cluster, ledger, extensions, reference)  # fmt: skip
+        decision = next_action(steps_plan, index, verdict.outcome, extensions=extensions, window_open=_open(policy))
+        if decision.action is Action.ROLLBACK and reason:
+            decision = dataclasses.replace(decision, reason=f"{decision.reason}: {reason}")
+
+
+def _bake(
+    name: str, revisions: tuple[int, int], step: Any, policy: Any, thresholds: Thresholds, final: bool,
+    cluster: Any, ledger: list[dict[str, str]], extensions: int, reference: Any,
+) -> tuple[Any, str]:  # fmt: skip
+    """Analyse every interval of the step's bake; a failure ends the bake at once. `reference` is the
+    stable's metrics when the canary began, so a 100% step compares with all it answered since."""
+    baseline = _call(arm_metrics, name, revisions, cluster)
+    if step.weight == 100:  # the stable takes no traffic now: compare with what it answered earlier
+        baseline = (reference, baseline[1])
+    verdict = None
+    for analysis in range(1, step.analyses + 1):
+        verdict = _call(bake, name, revisions, baseline, step.weight, policy.analysis_interval_seconds, thresholds,
+                       final, cluster)  # fmt: skip
+        ledger.append(verdict.as_row(step=f"{step.weight}%", analysis=f"{analysis}/{step.analyses}",
+                                     extension=str(extensions), at=datetime.now(UTC).strftime("%H:%M:%S")))  # fmt: skip
+        if verdict.outcome == "fail":
+            break
+    assert verdict is not None
+    return verdict, "; ".join(verdict.reasons)
+
+
+def _open(policy: Any) -> bool:
+    return is_open(policy.windows, policy.freeze_ranges, datetime.now(UTC), timezone=policy.timezone)
+
+
+def _sleep_until_open(policy: Any) -> None:
+    opens = next_open(policy.windows, policy.freeze_ranges, datetime.now(UTC), timezone=policy.timezone)
+    if opens is None:
+        raise RolloutFailed("the canary's windows never open again within a year")
+    time.sleep(min(MAX_PAUSE_SLEEP, max(1.0, (opens - datetime.now(UTC)).total_seconds())))
+
+
+def _call(task: Any, *args: Any) -> Any:
+    """Run an (async) task from this sync flow and wait for its result."""
+    return task.submit(*args).result()
+
+
+def _event(event: str, api: str, revision: int, payload: dict[str, Any]) -> None:
+    resource = {"prefect.resource.id": f"cortex.api.{api}", "prefect.resource.name": api}
+    emit_event(event=event, resource=resource, payload={"revision": revision, **payload})
