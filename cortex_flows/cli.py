@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,21 +78,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from cortex_flows.flows.deploy import deploy
 
     payload = json.loads(args.smoke_payload) if args.smoke_payload else None
-    return _run_rollout_flow("deploy", deploy, path=str(project.file), smoke_payload=payload, **_rollout_args(args))
+    return _run_flow("deploy", deploy, path=str(project.file), smoke_payload=payload, **_rollout_args(args))
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     _quiet_temporary_server()
     from cortex_flows.flows.rollback import rollback
 
-    return _run_rollout_flow("rollback", rollback, name=args.name, to=args.to, **_rollout_args(args))
+    return _run_flow("rollback", rollback, name=args.name, to=args.to, **_rollout_args(args))
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     _quiet_temporary_server()
     from cortex_flows.flows.rollback import refresh
 
-    return _run_rollout_flow("refresh", refresh, name=args.name, **_rollout_args(args))
+    return _run_flow("refresh", refresh, name=args.name, **_rollout_args(args))
 
 
 def cmd_canary(args: argparse.Namespace) -> int:
@@ -105,16 +106,12 @@ def cmd_canary(args: argparse.Namespace) -> int:
     from cortex_flows.flows.canary import canary_rollout
 
     overrides = _canary_overrides(args)
-    params = {"bake_time": overrides.pop("bake"), **overrides}
     payload = json.loads(args.smoke_payload) if args.smoke_payload else None
-    try:
-        result = canary_rollout(path=args.path, api=args.api, cluster=args.cluster, smoke_payload=payload,
-                                wait=args.wait, **params)  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - a failed flow run re-raises whatever its task raised
-        err.print(f"canary failed: {exc}", highlight=False, markup=False)
-        return EXIT_FAILED
-    out.print(f"{result['outcome']}: {args.api or ''} r{result['revision']}".replace(":  r", ": r"), highlight=False)
-    return 0
+    return _run_flow(
+        "canary", canary_rollout, lambda r: out.print(f"{r['outcome']}: revision {r['revision']}", highlight=False),
+        path=args.path, api=args.api, cluster=args.cluster, smoke_payload=payload, wait=args.wait,
+        bake_time=overrides.pop("bake"), **overrides,
+    )  # fmt: skip
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -145,16 +142,20 @@ def _rollout_args(args: argparse.Namespace) -> dict[str, Any]:
     return {"cluster": args.cluster, "timeout": args.timeout, "wait": args.wait}
 
 
-def _run_rollout_flow(what: str, flow: Any, **params: Any) -> int:
-    """Run a flow that rolls APIs out; print each endpoint, or the reason it failed (exit 1)."""
+def _run_flow(what: str, flow: Any, render: Callable[[Any], None] | None = None, **params: Any) -> int:
+    """Run a flow; render its result (by default: each API's endpoint), or print why it failed (exit 1)."""
     try:
-        endpoints = flow(**params)
+        result = flow(**params)
     except Exception as exc:  # noqa: BLE001 - a failed flow run re-raises whatever its task raised
         err.print(f"{what} failed: {exc}", highlight=False, markup=False)  # reasons may hold [brackets]
         return EXIT_FAILED
+    (render or _print_endpoints)(result)
+    return 0
+
+
+def _print_endpoints(endpoints: dict[str, str]) -> None:
     for name, url in endpoints.items():
         out.print(f"{name}: {url}", highlight=False)
-    return 0
 
 
 def cmd_setup_autoscaling(args: argparse.Namespace) -> int:
@@ -165,14 +166,15 @@ def cmd_setup_autoscaling(args: argparse.Namespace) -> int:
     except SpecError as exc:
         return _invalid_spec(exc)
     _quiet_temporary_server()
-    from cortex_flows.autoscaling.capacity import format_cost
     from cortex_flows.flows.autoscaling import setup_autoscaling
 
-    try:
-        result = setup_autoscaling(path=str(project.file), cluster=args.cluster, apis=args.api or None)
-    except Exception as exc:  # noqa: BLE001 - a failed flow run re-raises whatever its task raised
-        err.print(f"setup-autoscaling failed: {exc}", highlight=False, markup=False)
-        return EXIT_FAILED
+    return _run_flow("setup-autoscaling", setup_autoscaling, _print_autoscaling, path=str(project.file),
+                     cluster=args.cluster, apis=args.api or None)  # fmt: skip
+
+
+def _print_autoscaling(result: dict[str, Any]) -> None:
+    from cortex_flows.autoscaling.capacity import format_cost
+
     for name, info in result["apis"].items():
         out.print(f"{name}: {info['action']} (revision {info['revision']}, replicas {info['min_replicas']}"
                   f"-{info['max_replicas']})", highlight=False)  # fmt: skip
@@ -182,7 +184,6 @@ def cmd_setup_autoscaling(args: argparse.Namespace) -> int:
         changes = ", ".join(f"{key} {before[key]} -> {after[key]}" for key in ("min", "max", "desired"))
         out.print(f"node group {group['name']}: {changes}; cost per hour {format_cost(cost['at_min'])} at min, "
                   f"{format_cost(cost['at_max'])} at max", highlight=False)  # fmt: skip
-    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -95,3 +95,14 @@ def test_a_bad_candidate_is_rolled_back_at_the_first_step(stable, mode, reason):
     print(f"\n{mode}: rolled back, 100% stable {to_stable:.1f}s after the step began; canary took {elapsed:.1f}s; "
           f"{len(failures)} of {len(outcomes)} requests failed")  # fmt: skip
     assert to_stable <= CANARY_INTERVAL + 2 + 3  # one analysis interval + 2 s, plus slack for 2 shared cores
+
+
+def test_canary_and_plan_refuse_a_bad_spec_with_exit_2(tmp_path):
+    project = write_project(tmp_path / "bad", "good")
+    spec = yaml.safe_load((project / "cortex.yaml").read_text())
+    spec[0]["canary"]["steps"] = [50, 20]
+    (project / "cortex.yaml").write_text(yaml.safe_dump(spec))
+    for verb in ("canary", "plan"):
+        done = cli(verb, str(project))
+        assert done.returncode == 2, done.stderr
+        assert "canary.steps" in done.stderr
