@@ -64,6 +64,9 @@ def canary_rollout(
     backend = target.get_backend()
     with backend.hold(spec.name, wait=wait, what=f"canary of {spec.name}"):
         decided = plan.submit(spec, package, target).result()
+        if decided.action is DeployAction.UP_TO_DATE:  # e.g. a scheduled run with no new model: nothing to do
+            logger.info("%s r%d is up to date: no canary", spec.name, decided.revision)
+            return {"outcome": "up to date", "reason": "", "revision": decided.revision, "ledger": []}
         if decided.action is not DeployAction.ROLL or len(decided.previous) != 1:
             raise RolloutFailed(
                 f"{spec.name}: a canary needs one serving version and a pod change; the plan is {decided.action}"

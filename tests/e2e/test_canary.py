@@ -73,6 +73,8 @@ def test_a_healthy_candidate_is_promoted_with_no_failed_request(stable):
     assert [row["step"] for row in result["ledger"]] == ["30%", "100%"]
     failures = [o for o in outcomes if o not in ("1", "2")]
     assert failures == [] and "2" in outcomes and outcomes[-20:] == ["2"] * 20
+    again = canary_rollout(path=str(stable["project"]))  # as a scheduled run with no new model
+    assert (again["outcome"], again["revision"]) == ("up to date", 2)
 
 
 @pytest.mark.parametrize(("mode", "reason"), [("errors", "error"), ("slow", "p99"), ("constant", "drift")])
