@@ -108,6 +108,9 @@ async def smoke_test(api: str, revision: int, cluster: CortexCluster, payload: o
         try:
             code, body = await backend.probe(api, revision, check)
         except BackendError as exc:
+            version = _version(await backend.status(api), revision)
+            if version is not None and version.restarts > 0:  # the replica died under the probe
+                raise RolloutFailed(f"{api}: a replica of revision {revision} crashed: {version.message}") from exc
             if exc.transient:
                 raise  # e.g. no replica ready at this instant: the task retries
             raise RolloutFailed(f"{api}: smoke test of revision {revision} failed: {exc}") from exc
