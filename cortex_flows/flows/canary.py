@@ -7,7 +7,6 @@ and promotion is a task, so the run's task list is the rollout's history.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from cortex_flows.rollout.canary import (
 from cortex_flows.rollout.plan import Action as DeployAction
 from cortex_flows.rollout.windows import is_open, next_open
 from cortex_flows.spec import RealtimeAPI
-from cortex_flows.tasks.canary import arm_metrics, bake, move, promote, roll_back
+from cortex_flows.tasks.canary import arm_metrics, bake, live_replicas, move, promote, roll_back
 from cortex_flows.tasks.clusters import load_cluster
 from cortex_flows.tasks.deploy import apply, build, load_project, plan, prepare, store
 from cortex_flows.tasks.rollout import RolloutFailed, smoke_test
@@ -76,8 +75,7 @@ def canary_rollout(
         apply.submit(spec, package, decided, target).result()
         stable = decided.previous[0]
         revisions = (stable, decided.revision)
-        status = backend_status(target, spec.name)
-        stable_replicas = next(v.desired for v in status.versions if v.revision == stable)
+        stable_replicas = _call(live_replicas, spec.name, stable, target)
         steps_plan = plan_canary(
             policy, stable_replicas=stable_replicas, candidate_target=decided.replicas,
             min_replicas=spec.autoscaling.min_replicas, max_replicas=spec.autoscaling.max_replicas,
@@ -91,10 +89,6 @@ def canary_rollout(
     if outcome["outcome"] != "promoted":
         raise RolloutFailed(f"{spec.name}: canary rolled back: {outcome['reason']}")
     return {**outcome, "ledger": ledger}
-
-
-def backend_status(cluster: Any, api: str) -> Any:
-    return asyncio.run(cluster.get_backend().status(api))
 
 
 def _run(

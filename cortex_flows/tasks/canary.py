@@ -26,6 +26,16 @@ async def arm_metrics(api: str, revisions: tuple[int, int], cluster: CortexClust
     return tuple(await asyncio.gather(*(backend.version_metrics(api, rev) for rev in revisions)))
 
 
+@task(task_run_name="replicas of {api} r{revision}", **INFRA_RETRIES)
+async def live_replicas(api: str, revision: int, cluster: CortexCluster) -> int:
+    """The replicas a version runs now (the stable's size to return to on a rollback)."""
+    status = await cluster.get_backend().status(api)
+    version = next((v for v in status.versions if v.revision == revision), None) if status else None
+    if version is None:
+        raise RolloutFailed(f"{api}: revision {revision} is not running")
+    return version.desired
+
+
 @task(task_run_name="analyse {api} at {weight}%")
 async def bake(
     api: str,
