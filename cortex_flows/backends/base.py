@@ -73,6 +73,19 @@ class Revision(BaseModel):
     version: VersionSpec | None = None  # what ran, so `rollback` can run it again
 
 
+class AutoscalingStatus(BaseModel):
+    """The autoscaler's last decision for an API (what `get NAME` shows)."""
+
+    current: int
+    recommended: int
+    requested: int
+    min_replicas: int
+    max_replicas: int
+    in_flight: float  # window-averaged total in-flight requests
+    reason: str
+    at: datetime
+
+
 class VersionStatus(BaseModel):
     """A live version: desired and observed replicas, and its share of traffic."""
 
@@ -90,19 +103,8 @@ class VersionStatus(BaseModel):
     message: str = ""  # why the last replica failed
     restart: str = ""  # the version's refresh token (see VersionSpec.restart)
     target: int | None = None  # VersionSpec.target_replicas
-
-
-class AutoscalingStatus(BaseModel):
-    """The autoscaler's last decision for an API (what `get NAME` shows)."""
-
-    current: int
-    recommended: int
-    requested: int
-    min_replicas: int
-    max_replicas: int
-    in_flight: float  # window-averaged total in-flight requests
-    reason: str
-    at: datetime
+    floor: int | None = None  # a canary arm's least replicas (see Backend.scale_version)
+    autoscaling: AutoscalingStatus | None = None  # the autoscaler's last decision for this version
 
 
 class ApiState(StrEnum):
@@ -266,8 +268,11 @@ class Backend(Protocol):
         """Exclusive right to change the API, across processes, released if the holder dies. Blocks
         while another holder has it (or raises ApiBusy at once when `wait` is false)."""
 
-    async def scale_version(self, api: str, revision: int, replicas: int) -> None:
-        """Set a version's desired replicas; scale-downs drain before stopping."""
+    async def scale_version(self, api: str, revision: int, replicas: int, arm: bool = False) -> None:
+        """Set a version's desired replicas; scale-downs drain before stopping. `arm`: the version is one
+        arm of a canary and `replicas` its floor: while the API has more than one version the backend
+        autoscales it on its own in-flight load between the floor and `max_replicas` (raising the floor
+        never removes replicas). Without `arm` the count is exact and the floor is cleared."""
 
     async def remove_version(self, api: str, revision: int, outcome: Outcome) -> None:
         """Stop routing to a version, drain its replicas, stop them, and record its outcome."""

@@ -61,11 +61,12 @@ async def bake(
 async def move(
     api: str, revisions: tuple[int, int], weight: int, replicas: tuple[int, int], cluster: CortexCluster, deadline: float
 ) -> None:
-    """Scale the candidate for the step and wait for it, then move traffic, then shrink the stable."""
+    """Scale the candidate for the step and wait for it, then move traffic, then shrink the stable. The
+    counts are the arms' floors: each arm autoscales above its floor on its own load meanwhile."""
     stable, candidate = revisions
-    await scale_up(api, candidate, replicas[1], cluster, deadline)
+    await scale_up(api, candidate, replicas[1], cluster, deadline, arm=True)
     await shift_traffic(api, {stable: 100 - weight, candidate: weight} if weight < 100 else {candidate: 100}, cluster)
-    await scale_down(api, stable, replicas[0], cluster)
+    await scale_down(api, stable, replicas[0], cluster, arm=True)
 
 
 @task(task_run_name="roll back {api}", **INFRA_RETRIES)

@@ -63,16 +63,18 @@ async def _ready_counts(backend: Backend, api: str) -> dict[int, int]:
 
 @task(task_run_name="{api} r{revision}: {replicas} ready", **INFRA_RETRIES)
 async def scale_up(
-    api: str, revision: int, replicas: int, cluster: CortexCluster, deadline: float, new: bool = True
-) -> int:
+    api: str, revision: int, replicas: int, cluster: CortexCluster, deadline: float, new: bool = True,
+    arm: bool = False,
+) -> int:  # fmt: skip
     """Start replicas of a version and wait until `replicas` are ready; returns the wait in ms.
 
     Fails when the progress deadline (epoch seconds) passes and, for the `new` version, on the first
     crash of one of its replicas: a version that crashes while rolling out is not one to give traffic.
+    `arm`: `replicas` is the floor of a canary arm (see `Backend.scale_version`).
     """
     backend = cluster.get_backend()
     started = time.monotonic()
-    await backend.scale_version(api, revision, replicas)
+    await backend.scale_version(api, revision, replicas, arm)
     while True:
         version = _version(await backend.status(api), revision)
         if version is None:
@@ -94,9 +96,9 @@ async def shift_traffic(api: str, weights: dict[int, int], cluster: CortexCluste
 
 
 @task(task_run_name="{api} r{revision}: down to {replicas}", **INFRA_RETRIES)
-async def scale_down(api: str, revision: int, replicas: int, cluster: CortexCluster) -> None:
+async def scale_down(api: str, revision: int, replicas: int, cluster: CortexCluster, arm: bool = False) -> None:
     """Drain and stop replicas of an old version (the backend takes them out of routing first)."""
-    await cluster.get_backend().scale_version(api, revision, replicas)
+    await cluster.get_backend().scale_version(api, revision, replicas, arm)
 
 
 @task(task_run_name="smoke test {api} r{revision}", **INFRA_RETRIES)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from cortex_flows.backends.base import VersionSpec
 from cortex_flows.backends.local.agent import TICK_ENV
 from cortex_flows.backends.local.client import LocalBackend, start_agent
 from cortex_flows.backends.versions import version_spec
@@ -38,6 +39,12 @@ class Handler:
 
 
 def deploy(backend: LocalBackend, root: Path, autoscaling: dict[str, Any], replicas: int) -> str:
+    version = build_version(backend, root, autoscaling, DeployPlan(Action.CREATE, 1, replicas))
+    asyncio.run(backend.apply_version("scaled", version, replicas))
+    return f"{backend.endpoint_url('/scaled')}"
+
+
+def build_version(backend: LocalBackend, root: Path, autoscaling: dict[str, Any], plan: DeployPlan) -> VersionSpec:
     root.mkdir(parents=True, exist_ok=True)
     (root / "handler.py").write_text(HANDLER)
     spec = [{
@@ -47,14 +54,12 @@ def deploy(backend: LocalBackend, root: Path, autoscaling: dict[str, Any], repli
     api = parse_spec(yaml.safe_dump(spec), root / "cortex.yaml", root).apis[0]
     built = build_package(root, root.parent / "build")
     uri, _ = LocalStore(backend.home.packages).put(built)
-    package = PackageRef(uri=uri, sha256=built.sha256)
-    asyncio.run(backend.apply_version("scaled", version_spec(api, package, DeployPlan(Action.CREATE, 1, replicas)), replicas))
-    return f"{backend.endpoint_url('/scaled')}"
+    return version_spec(api, PackageRef(uri=uri, sha256=built.sha256), plan)
 
 
-def replicas(backend: LocalBackend) -> tuple[int, int]:
-    """(desired, ready) of the API's version."""
-    version = asyncio.run(backend.status("scaled")).versions[0]
+def replicas(backend: LocalBackend, index: int = 0) -> tuple[int, int]:
+    """(desired, ready) of the API's version (the oldest, or the `index`th)."""
+    version = asyncio.run(backend.status("scaled")).versions[index]
     return version.desired, version.ready
 
 
@@ -168,3 +173,29 @@ def test_a_killed_replica_is_replaced_and_its_requests_fail_over(backend, local_
     failures = [r for r in results if r[1] != "200"]
     print(f"\nSIGKILL under load: {len(failures)} of {len(results)} requests failed")
     assert len(failures) <= 1  # at most the one request the replica was running (max_concurrency 1)
+
+
+def test_canary_arms_autoscale_on_their_own_load_while_the_rollout_holds_the_api(backend, tmp_path):
+    settings = {"min_replicas": 1, "max_replicas": 4, "upscale_stabilization_period": "0s",
+                "downscale_stabilization_period": "0s"}  # fmt: skip
+    url = deploy(backend, tmp_path / "api", settings, replicas=1)
+    candidate = build_version(backend, tmp_path / "api", settings, DeployPlan(Action.ROLL, 2, 1, previous=(1,)))
+    with backend.hold("scaled", wait=False, what="canary of scaled"):  # as the canary flow does, throughout
+        asyncio.run(backend.apply_version("scaled", candidate, 1))
+        wait_for(lambda: replicas(backend, 1) == (1, 1), 30, what="the candidate's replica")
+        asyncio.run(backend.scale_version("scaled", 2, 1, arm=True))
+        asyncio.run(backend.scale_version("scaled", 1, 1, arm=True))
+        asyncio.run(backend.set_traffic("scaled", {1: 50, 2: 50}))
+        load = Load(url, clients=6)  # ~3 in flight per arm, target 1 each: both arms grow on their own
+        wait_for(lambda: replicas(backend, 0)[1] >= 2 and replicas(backend, 1)[1] >= 2, 40, what="both arms scaled up")
+        asyncio.run(backend.scale_version("scaled", 2, 2, arm=True))  # the next step raises the floor...
+        assert replicas(backend, 1)[0] >= 2  # ...which never removes what the autoscaler added
+        results = load.stop()
+        status = asyncio.run(backend.status("scaled"))
+        assert [(v.revision, v.floor) for v in status.versions] == [(1, 1), (2, 2)]
+        arm = status.versions[1].autoscaling
+        assert arm is not None and arm.min_replicas in (1, 2) and status.autoscaling is None
+        wait_for(lambda: replicas(backend, 0) == (1, 1), 40, what="the idle stable arm back to its floor")
+        assert replicas(backend, 1)[0] >= 2  # the candidate arm stays at or above its new floor
+    failures = [r for r in results if r[1] != "200"]
+    assert failures == [], failures[:5]

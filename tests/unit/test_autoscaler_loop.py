@@ -1,5 +1,6 @@
 """The agent's autoscaler between sampling and scaling: windows, in-place setting changes, APIs it must
-leave alone (a rollout holds the lock, a replica is still starting)."""
+leave alone (a rollout holds the lock, a replica is still starting), and canary arms autoscaled on their
+own load above the rollout's floor while the rollout holds the lock."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from cortex_flows.backends.local.autoscaler import Autoscaler
+from cortex_flows.backends.local.autoscaler import Autoscaler, Unit
 from cortex_flows.spec import RealtimeAPI, parse_spec
 
 
@@ -25,12 +26,15 @@ def spec(tmp_path: Path, **autoscaling: Any) -> RealtimeAPI:
 class World:
     """One API as the agent would report it, and the scale calls the autoscaler makes."""
 
-    def __init__(self, api: RealtimeAPI, replicas: int = 1, starting: int = 0, in_flight: int = 0) -> None:
+    def __init__(
+        self, api: RealtimeAPI, replicas: int = 1, starting: int = 0, in_flight: int = 0, floor: int | None = None
+    ) -> None:
         self.api, self.replicas, self.starting, self.in_flight = api, replicas, starting, in_flight
+        self.floor = floor
         self.calls: list[int] = []
 
-    def apis(self) -> dict[str, tuple[int, int, RealtimeAPI, int]]:
-        return {"a": (1, self.replicas, self.api, self.starting)}
+    def units(self) -> list[Unit]:
+        return [Unit("a", 1, self.replicas, self.api, self.starting, self.floor)]
 
     async def scale(self, api: str, revision: int, replicas: int) -> None:
         self.calls.append(replicas)
@@ -38,14 +42,14 @@ class World:
 
 
 def autoscaler(world: World, tmp_path: Path) -> Autoscaler:
-    return Autoscaler(apis=world.apis, in_flight=lambda api: world.in_flight, scale=world.scale, locks=tmp_path)
+    return Autoscaler(units=world.units, in_flight=lambda unit: world.in_flight, scale=world.scale, locks=tmp_path)
 
 
 def run_ticks(scaler: Autoscaler, seconds: range) -> None:
     async def ticks() -> None:
         for t in seconds:
             scaler.sample(float(t))
-            await scaler.decide("a", float(t))
+            await scaler.decide(("a", 1), float(t))
             await scaler.settle()
 
     asyncio.run(ticks())
@@ -64,14 +68,14 @@ def test_settings_changed_in_place_apply_at_the_next_tick(tmp_path):
     assert world.replicas == 8
     world.api = spec(tmp_path, max_replicas=5)
     run_ticks(scaler, range(12, 14))
-    assert world.replicas == 5 and scaler.watches["a"].settings.max_replicas == 5
+    assert world.replicas == 5 and scaler.watches[("a", 1)].settings.max_replicas == 5
 
 
 def test_a_held_lock_or_a_starting_replica_holds_the_count(tmp_path):
     world = World(spec(tmp_path, max_replicas=10), replicas=4, starting=1, in_flight=0)
     scaler = autoscaler(world, tmp_path)
     run_ticks(scaler, range(5))
-    assert world.calls == [] and scaler.watches["a"].last.requested == 4  # never reap a starting replica
+    assert world.calls == [] and scaler.watches[("a", 1)].last.requested == 4  # never reap a starting replica
     world.starting = 0
     with open(tmp_path / "a.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a deploy of `a` is in progress
@@ -84,16 +88,29 @@ def test_a_held_lock_or_a_starting_replica_holds_the_count(tmp_path):
 def test_no_samples_no_decision(tmp_path):
     world = World(spec(tmp_path))
     scaler = autoscaler(world, tmp_path)
-    assert asyncio.run(scaler.decide("a", 0.0)) is None
+    assert asyncio.run(scaler.decide(("a", 1), 0.0)) is None
 
 
 def test_a_woken_api_keeps_its_replica_through_the_downscale_stabilization(tmp_path):
     world = World(spec(tmp_path, min_replicas=0, downscale_stabilization_period="5s"), replicas=0)
     scaler = autoscaler(world, tmp_path)
     run_ticks(scaler, range(10))  # idle at zero, watched long enough to act
-    scaler.woken("a", 10.0)  # a request arrived; the agent started a replica
+    scaler.woken("a", 1, 10.0)  # a request arrived; the agent started a replica
     world.replicas = 1
     run_ticks(scaler, range(11, 15))
     assert world.calls == []  # the request was never sampled, yet the replica stays 5 s
     run_ticks(scaler, range(15, 17))
     assert world.calls == [0]
+
+
+def test_a_canary_arm_autoscales_above_its_floor_while_the_rollout_holds_the_lock(tmp_path):
+    world = World(spec(tmp_path, max_replicas=6), replicas=2, in_flight=5, floor=2)
+    scaler = autoscaler(world, tmp_path)
+    with open(tmp_path / "a.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the canary holds the API for its whole run
+        run_ticks(scaler, range(6))
+        assert world.replicas == 5 and scaler.watches[("a", 1)].settings.min_replicas == 2
+        world.in_flight = 0
+        run_ticks(scaler, range(6, 30))
+    assert world.replicas == 2  # down to the floor the rollout set, never below
+    assert scaler.last("a", 1).min_replicas == 2

@@ -33,7 +33,7 @@ from cortex_flows.backends.base import (
     VersionStatus,
     summarize,
 )
-from cortex_flows.backends.local.autoscaler import DEFAULT_TICK_SECONDS, Autoscaler, WakingTable
+from cortex_flows.backends.local.autoscaler import DEFAULT_TICK_SECONDS, Autoscaler, Unit, WakingTable
 from cortex_flows.backends.local.gateway import Gateway, RoutingTable, Upstream
 from cortex_flows.backends.local.home import AgentInfo, LocalHome, write_private
 from cortex_flows.backends.local.scrape import (
@@ -75,27 +75,35 @@ class Agent:
         self._specs: dict[str, RealtimeAPI] = {}  # by spec hash: parsed once, read every second
         self._waking: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
-        held = table.held if isinstance(table, WakingTable) else {}
+        self._held: dict[str, int] = table.held if isinstance(table, WakingTable) else {}
         self.autoscaler = Autoscaler(
-            apis=self._autoscaled, in_flight=lambda api: gateway.api_in_flight(api) + held.get(api, 0),
-            scale=self.scale_version, locks=home.locks, tick=autoscale_tick,
+            units=self._units, in_flight=self._unit_in_flight, scale=self._autoscale, locks=home.locks,
+            tick=autoscale_tick,
         )  # fmt: skip
         if isinstance(table, WakingTable):
             table.wake = self.wake
 
-    def _autoscaled(self) -> dict[str, tuple[int, int, RealtimeAPI, int]]:
-        """APIs the autoscaler may act on (one version): revision, replicas, spec, replicas starting."""
-        out = {}
+    def _units(self) -> list[Unit]:
+        """What the autoscaler may act on: each API's only version, and every canary arm (a version with a
+        floor, while its API has more than one version)."""
+        units = []
         for name, rec in self.state.apis.items():
-            if len(rec.versions) != 1:
-                continue
-            (revision, version), = rec.versions.items()
-            spec = self._specs.get(version.spec.spec_hash)
-            if spec is None:
-                spec = self._specs[version.spec.spec_hash] = RealtimeAPI.model_validate(version.spec.spec)
-            starting = self.supervisor.counts(name, revision)[1]
-            out[name] = (revision, version.replicas, spec, starting)
-        return out
+            for revision, version in rec.versions.items():
+                if len(rec.versions) > 1 and version.floor is None:
+                    continue  # a rolling update's version: the rollout alone sizes it
+                spec = self._specs.get(version.spec.spec_hash)
+                if spec is None:
+                    spec = self._specs[version.spec.spec_hash] = RealtimeAPI.model_validate(version.spec.spec)
+                starting = self.supervisor.counts(name, revision)[1]
+                floor = version.floor if len(rec.versions) > 1 else None
+                units.append(Unit(name, revision, version.replicas, spec, starting, floor))
+        return units
+
+    def _unit_in_flight(self, unit: Unit) -> int:
+        """An API's requests in flight (with those held while it has no replica); an arm's own replicas'."""
+        if unit.floor is None:
+            return self.gateway.api_in_flight(unit.api) + self._held.get(unit.api, 0)
+        return sum(self.gateway.in_flight(u) for u in self.supervisor.ready_upstreams(unit.api, unit.revision))
 
     def wake(self, api: str) -> None:
         """A request arrived for an API with no ready replica: if it is scaled to zero, start one now."""
@@ -106,7 +114,7 @@ class Agent:
         if version.replicas > 0:
             return  # replicas are starting or restarting: the request waits for them
         self._waking.add(api)
-        self.autoscaler.woken(api, time.monotonic())
+        self.autoscaler.woken(api, revision, time.monotonic())
         log.info("%s has no replica and a request waiting: starting one", api)
 
         async def start() -> None:
@@ -219,14 +227,31 @@ class Agent:
             self._save()
             self._publish(api)
 
-    async def scale_version(self, api: str, revision: int, replicas: int) -> None:
+    async def scale_version(self, api: str, revision: int, replicas: int, arm: bool = False) -> None:
+        """Set a version's replicas. `arm`: `replicas` is also the floor the autoscaler keeps this canary
+        arm at or above; raising the floor never removes replicas the autoscaler added."""
         async with self._lock(api):
-            rec = self._record(api)
-            if revision not in rec.versions:
-                raise NotFound(f"{api!r} has no revision {revision}")
-            rec.versions[revision].replicas = replicas
+            version = self._version(api, revision)
+            if arm and replicas >= (version.replicas if version.floor is None else version.floor):
+                version.replicas = max(replicas, version.replicas)
+            else:
+                version.replicas = replicas
+            version.floor = replicas if arm else None
             self._save()
             await self._converge(api, revision)
+
+    async def _autoscale(self, api: str, revision: int, replicas: int) -> None:
+        """The autoscaler's scale: the replica count only, so an arm keeps its floor."""
+        async with self._lock(api):
+            self._version(api, revision).replicas = replicas
+            self._save()
+            await self._converge(api, revision)
+
+    def _version(self, api: str, revision: int) -> VersionState:
+        version = self._record(api).versions.get(revision)
+        if version is None:
+            raise NotFound(f"{api!r} has no revision {revision}")
+        return version
 
     async def remove_version(self, api: str, revision: int, outcome: Outcome) -> None:
         async with self._lock(api):
@@ -273,13 +298,14 @@ class Agent:
                     revision=revision, package_id=v.spec.package_id, spec_hash=v.spec.spec_hash,
                     pod_hash=v.spec.pod_hash, desired=v.replicas, ready=ready, starting=starting,
                     failed=failed, weight=rec.weights.get(revision, 0), created=v.created, restarts=restarts,
-                    message=message, restart=v.spec.restart, target=v.spec.target_replicas,
+                    message=message, restart=v.spec.restart, target=v.spec.target_replicas, floor=v.floor,
+                    autoscaling=self.autoscaler.last(api, revision),
                 )
             )  # fmt: skip
-        watch = self.autoscaler.watches.get(api)
+        single = versions[0].autoscaling if len(versions) == 1 else None
         return ApiStatus(
             name=api, endpoint=rec.endpoint, state=summarize(versions), versions=versions,
-            last_update=rec.last_update, mirror=rec.mirror, autoscaling=watch.last if watch else None,
+            last_update=rec.last_update, mirror=rec.mirror, autoscaling=single,
         )  # fmt: skip
 
     async def probe(self, api: str, revision: int, payload: object | None) -> tuple[int, str]:

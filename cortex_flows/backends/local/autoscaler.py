@@ -5,14 +5,18 @@ answered, which is a replica's active plus queued, plus requests held while the 
 every tick it averages the samples over the API's `window` and applies Cortex's recommendation
 (`cortex_flows.autoscaling.recommend`) through the agent's readiness-gated scale-up and draining
 scale-down. An API in the middle of a deploy, rollback or refresh (its lock file is held, or it has more
-than one version) is left alone. `WakingTable` holds requests for an API scaled to zero and asks for
-its first replica at once, as Cortex's activator did.
+than one version) is left alone, except the *arms* of a canary: versions given a floor by the rollout,
+each autoscaled on its own replicas' in-flight requests between that floor and `max_replicas`, so a
+canary step never overloads either version and the rollout's own scaling is never undone.
+`WakingTable` holds requests for an API scaled to zero and asks for its first replica at once, as
+Cortex's activator did.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import itertools
 import logging
@@ -22,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from cortex_flows.autoscaling.recommend import Decision, History, Settings, recommend
 from cortex_flows.backends.base import AutoscalingStatus
@@ -87,11 +92,33 @@ class WakingTable(RoutingTable):
             self.held[api] -= 1
 
 
+class Unit(NamedTuple):
+    """What the autoscaler scales: an API's only version, or one arm of a canary (`floor` set)."""
+
+    api: str
+    revision: int
+    replicas: int
+    spec: RealtimeAPI
+    starting: int  # replicas still starting
+    floor: int | None = None  # an arm: the fewest replicas the rollout allows; autoscaled on its own load
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.api, self.revision
+
+    def settings(self) -> Settings:
+        settings = settings_of(self.spec)
+        if self.floor is None:
+            return settings
+        return dataclasses.replace(
+            settings, min_replicas=self.floor, max_replicas=max(self.floor, settings.max_replicas)
+        )
+
+
 @dataclass
 class _Watch:
-    """What the autoscaler keeps per API between ticks."""
+    """What the autoscaler keeps per unit between ticks."""
 
-    revision: int
     settings: Settings
     window: float
     history: History
@@ -105,20 +132,21 @@ class Autoscaler:
     def __init__(
         self,
         *,
-        apis: Callable[[], dict[str, tuple[int, int, RealtimeAPI, int]]],
-        in_flight: Callable[[str], int],
+        units: Callable[[], list[Unit]],
+        in_flight: Callable[[Unit], int],
         scale: Callable[[str, int, int], Awaitable[None]],
         locks: Path,
         tick: float = DEFAULT_TICK_SECONDS,
     ) -> None:
-        """`apis()` maps each API with exactly one version to (revision, replicas, spec, starting)."""
-        self._apis = apis
+        """`units()` lists what may be autoscaled now; `scale(api, revision, replicas)` must keep an arm's
+        floor (it changes the replica count only)."""
+        self._units = units
         self._in_flight = in_flight
         self._scale = scale
         self._locks = locks
         self.tick = tick
-        self.watches: dict[str, _Watch] = {}
-        self._scaling: dict[str, asyncio.Task[None]] = {}  # the last scale each API was given
+        self.watches: dict[tuple[str, int], _Watch] = {}
+        self._scaling: dict[tuple[str, int], asyncio.Task[None]] = {}  # the last scale each unit was given
 
     async def run(self) -> None:
         """Sample every second; decide every `tick` seconds, counted in samples so a sleep that ends a
@@ -129,42 +157,48 @@ class Autoscaler:
             now = time.monotonic()
             self.sample(now)
             if count % every == 0:
-                for api in list(self.watches):
+                for key in list(self.watches):
                     try:
-                        await self.decide(api, now)
+                        await self.decide(key, now)
                     except Exception:  # one API's trouble must not stop the others' autoscaling
-                        log.exception("autoscaling %s failed", api)
+                        log.exception("autoscaling %s r%d failed", *key)
 
-    def woken(self, api: str, now: float) -> None:
+    def last(self, api: str, revision: int) -> AutoscalingStatus | None:
+        """The last decision taken for a version (its API's, when it is the only version)."""
+        watch = self.watches.get((api, revision))
+        return watch.last if watch else None
+
+    def woken(self, api: str, revision: int, now: float) -> None:
         """An API at zero was woken for a request: record a recommendation of one replica, as Cortex's
         activator did, so the downscale stabilization keeps it even if no sample saw the request."""
-        watch = self.watches.get(api)
+        watch = self.watches.get((api, revision))
         if watch is not None:
             watch.history.entries.append((now, 1))
 
     def sample(self, now: float) -> None:
-        current = self._apis()
-        for api in set(self.watches) - set(current):
-            del self.watches[api]
-        for api, (revision, _, spec, _) in current.items():
-            watch = self.watches.get(api)
-            window = spec.autoscaling.window_seconds
-            if watch is None or watch.revision != revision:
-                watch = self.watches[api] = _Watch(
-                    revision, settings_of(spec), window, History(started=now), deque(maxlen=int(window) + 5)
-                )
-            elif watch.window != window or watch.settings != settings_of(spec):  # changed in place
-                watch.settings, watch.window = settings_of(spec), window
+        current = {unit.key: unit for unit in self._units()}
+        for key in set(self.watches) - set(current):
+            del self.watches[key]
+        for key, unit in current.items():
+            watch = self.watches.get(key)
+            window, settings = unit.spec.autoscaling.window_seconds, unit.settings()
+            if watch is None:
+                watch = self.watches[key] = _Watch(settings, window, History(started=now), deque(maxlen=int(window) + 5))
+            elif watch.window != window or watch.settings != settings:  # changed in place, or a new floor
+                watch.settings, watch.window = settings, window
                 watch.samples = deque(watch.samples, maxlen=int(window) + 5)
-            watch.samples.append((now, self._in_flight(api)))
+            watch.samples.append((now, self._in_flight(unit)))
 
-    async def decide(self, api: str, now: float) -> Decision | None:
-        """One tick for one API; None when it was left alone."""
-        watch, current = self.watches.get(api), self._apis().get(api)
-        scaling = self._scaling.get(api)
-        if watch is None or current is None or (scaling is not None and not scaling.done()) or self._busy(api):
+    async def decide(self, key: tuple[str, int], now: float) -> Decision | None:
+        """One tick for one unit; None when it was left alone."""
+        watch = self.watches.get(key)
+        current = next((unit for unit in self._units() if unit.key == key), None)
+        scaling = self._scaling.get(key)
+        if watch is None or current is None or (scaling is not None and not scaling.done()):
             return None
-        revision, replicas, _, starting = current
+        if current.floor is None and self._busy(current.api):
+            return None
+        api, revision, replicas, starting = current.api, current.revision, current.replicas, current.starting
         window = [n for t, n in watch.samples if t >= now - watch.window]
         if not window:
             return None  # no metrics yet: skip the tick, as Cortex does
@@ -178,14 +212,15 @@ class Autoscaler:
             in_flight=round(decision.in_flight, 3), reason=decision.reason, at=datetime.now(UTC),
         )  # fmt: skip
         log.info(
-            "autoscaling %s r%d: in-flight %.2f / target %g = %.2f -> recommended %d, requested %d (%s)",
-            api, revision, decision.in_flight, watch.settings.target_in_flight, decision.raw,
+            "autoscaling %s r%d%s: in-flight %.2f / target %g = %.2f -> recommended %d, requested %d (%s)",
+            api, revision, "" if current.floor is None else " (canary arm)", decision.in_flight,
+            watch.settings.target_in_flight, decision.raw,
             decision.recommended, request, decision.reason,
         )  # fmt: skip
         if request != replicas:
-            log.info("autoscaling event: %s %d -> %d", api, replicas, request)
+            log.info("autoscaling event: %s r%d %d -> %d", api, revision, replicas, request)
             # In the background: a scale-down drains, which must not hold up the other APIs' decisions.
-            task = self._scaling[api] = asyncio.create_task(self._scale(api, revision, request))
+            task = self._scaling[key] = asyncio.create_task(self._scale(api, revision, request))
             task.add_done_callback(_log_failure)
         return decision
 

@@ -224,8 +224,9 @@ class LocalBackend:
                 lock.truncate(0)
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    async def scale_version(self, api: str, revision: int, replicas: int) -> None:
-        await self._call("PUT", f"/v1/apis/{api}/versions/{revision}/replicas", json={"replicas": replicas})
+    async def scale_version(self, api: str, revision: int, replicas: int, arm: bool = False) -> None:
+        body = {"replicas": replicas, "arm": arm}
+        await self._call("PUT", f"/v1/apis/{api}/versions/{revision}/replicas", json=body)
 
     async def remove_version(self, api: str, revision: int, outcome: Outcome) -> None:
         await self._call("DELETE", f"/v1/apis/{api}/versions/{revision}", params={"outcome": outcome.value})

@@ -30,6 +30,7 @@ class TrafficBody(BaseModel):
 
 class ScaleBody(BaseModel):
     replicas: int
+    arm: bool = False
 
 
 def _error(status: int, message: str, transient: bool = False) -> JSONResponse:
@@ -81,7 +82,7 @@ def control_app(agent: Agent, token: str, stop: asyncio.Event) -> Starlette:
 
     async def scale(request: Request) -> Response:
         body = ScaleBody.model_validate_json(await request.body())
-        await agent.scale_version(request.path_params["api"], request.path_params["rev"], body.replicas)
+        await agent.scale_version(request.path_params["api"], request.path_params["rev"], body.replicas, body.arm)
         return JSONResponse({"ok": True})
 
     async def outcome(request: Request) -> Response:

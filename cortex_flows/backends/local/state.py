@@ -24,6 +24,7 @@ class VersionState(BaseModel):
 
     spec: VersionSpec
     replicas: int
+    floor: int | None = None  # a canary arm: autoscaled on its own load, never below this
     created: datetime = Field(default_factory=now)
 
 
