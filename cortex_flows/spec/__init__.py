@@ -6,7 +6,7 @@ Pure: no Prefect, and no I/O beyond reading the spec file and checking that the 
 """
 
 from cortex_flows.spec.errors import SPEC_ERROR_EXIT, Problem, SpecError
-from cortex_flows.spec.identity import pod_hash, spec_hash
+from cortex_flows.spec.identity import pod_hash, spec_hash, splitter_spec_hash
 from cortex_flows.spec.load import SPEC_FILE_NAME, load_spec, parse_spec
 from cortex_flows.spec.migrate import migrate_spec
 from cortex_flows.spec.models import (
@@ -21,6 +21,8 @@ from cortex_flows.spec.models import (
     Pod,
     ProjectSpec,
     RealtimeAPI,
+    SplitTarget,
+    TrafficSplitter,
     UpdateStrategy,
     Window,
 )
@@ -42,6 +44,8 @@ __all__ = [
     "ProjectSpec",
     "RealtimeAPI",
     "SpecError",
+    "SplitTarget",
+    "TrafficSplitter",
     "UpdateStrategy",
     "Window",
     "load_spec",
@@ -50,4 +54,5 @@ __all__ = [
     "percent_or_int",
     "pod_hash",
     "spec_hash",
+    "splitter_spec_hash",
 ]

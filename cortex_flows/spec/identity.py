@@ -7,6 +7,8 @@ already resolved, so writing a default explicitly, omitting it, or reordering YA
 hash. Fields added after the first release (`ADDED_POD_FIELDS`, `ADDED_SPEC_FIELDS`) enter the identity
 only when they differ from their default, so upgrading cortex-flows does not change the hashes of APIs
 that do not use them (and roll their pods).
+
+A TrafficSplitter has no pods: `splitter_spec_hash` covers all of its fields.
 """
 
 from __future__ import annotations
@@ -15,20 +17,29 @@ import hashlib
 import json
 from typing import Any
 
-from cortex_flows.spec.models import ApiSpec, Canary, Compute, Dependencies, UpdateStrategy
+from cortex_flows.spec.models import (
+    Canary,
+    Compute,
+    Dependencies,
+    RealtimeAPI,
+    TrafficSplitter,
+    UpdateStrategy,
+)
 
 POD_FIELDS = ("handler", "model_path", "config", "env", "dependencies", "compute", "pod")
-# Dotted paths of fields added since the first release -> their defaults (as dumped to JSON)
+# Dotted paths of fields added since the first release -> their defaults (as dumped to JSON). A block left
+# out whole at its defaults takes its own added fields with it.
 ADDED_POD_FIELDS = {"env": {}, "dependencies": Dependencies().model_dump(mode="json"), "handler.python_path": None}
 SPEC_FIELDS = ("autoscaling", "update_strategy", "networking", "canary")
 ADDED_SPEC_FIELDS = {
     "update_strategy.progress_deadline": UpdateStrategy().progress_deadline,
     "canary": Canary().model_dump(mode="json"),  # rollout policy: never restarts replicas
+    "canary.min_agreement": None,
 }
 HASH_LENGTH = 32  # hex characters, as Cortex truncates its spec ids
 
 
-def pod_hash(api: ApiSpec, package_id: str, restart: str = "") -> str:
+def pod_hash(api: RealtimeAPI, package_id: str, restart: str = "") -> str:
     """Changes exactly when running replicas must be replaced; `restart` is a refresh's token."""
     identity = _without_added_defaults(
         api.model_dump(mode="json", include={"name", "kind", *POD_FIELDS}), ADDED_POD_FIELDS
@@ -40,22 +51,33 @@ def pod_hash(api: ApiSpec, package_id: str, restart: str = "") -> str:
     return _digest(identity)
 
 
-def spec_hash(api: ApiSpec, package_id: str, restart: str = "") -> str:
+def spec_hash(api: RealtimeAPI, package_id: str, restart: str = "") -> str:
     """Changes whenever anything deployable changes; equal spec hashes mean nothing to do."""
     identity = _without_added_defaults(api.model_dump(mode="json", include=set(SPEC_FIELDS)), ADDED_SPEC_FIELDS)
     identity["pod_hash"] = pod_hash(api, package_id, restart)
     return _digest(identity)
 
 
+def splitter_spec_hash(splitter: TrafficSplitter) -> str:
+    """Changes whenever the splitter's routing changes; the order its APIs are listed in does not count."""
+    identity = splitter.model_dump(mode="json")
+    identity["apis"].sort(key=lambda target: target["name"])
+    return _digest(identity)
+
+
 def _without_added_defaults(identity: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
     """Leave out fields added since the first release while they hold their defaults, so upgrading
-    cortex-flows never changes the hashes of what runs."""
-    for path, default in added.items():
+    cortex-flows never changes the hashes of what runs.
+
+    Outer paths go first: a block that holds its defaults (new fields included) leaves as a whole, and
+    then the new fields inside it have nothing left to compare.
+    """
+    for path in sorted(added, key=lambda path: path.count(".")):
         *parents, name = path.split(".")
         parent = identity
         for key in parents:
-            parent = parent[key]
-        if parent[name] == default:
+            parent = parent.get(key, {})
+        if name in parent and parent[name] == added[path]:
             del parent[name]
     return identity
 

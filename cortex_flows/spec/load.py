@@ -1,8 +1,10 @@
 """Read `cortex.yaml`, validate every API, and turn all problems into one `SpecError`.
 
-Each API is validated on its own (after dispatching on `kind`), so one bad API does not hide another's
-problems; pydantic's errors are rewritten into messages that say what is allowed. An API written for an
-older Cortex (see `legacy`) is validated against that era's schema and converted to a native one.
+Each API (a RealtimeAPI or a TrafficSplitter) is validated on its own (after dispatching on `kind`), so
+one bad API does not hide another's problems; then what involves several (names, endpoints, a splitter's
+targets) is checked across the file. Pydantic's errors are rewritten into messages that say what is
+allowed. An API written for an older Cortex (see `legacy`) is validated against that era's schema and
+converted to a native one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cortex_flows.spec.models import (
     ApiSpec,
     ProjectSpec,
     RealtimeAPI,
+    TrafficSplitter,
     is_api_name,
     validation_context,
 )
@@ -105,6 +108,7 @@ def read_apis(text: str, file: Path, project_dir: Path) -> list[ReadApi]:
         if api is not None:
             read.append((prefix, api))
     problems += _duplicate_endpoints([(prefix, item.api) for prefix, item in read])
+    problems += _splitters_of_splitters(items, [(prefix, item.api) for prefix, item in read])
     if problems:
         raise SpecError(file, problems)
     return [item for _, item in read]
@@ -162,6 +166,10 @@ def _name(item: Any) -> Any:
     return item.get("name") if isinstance(item, dict) else None
 
 
+def _kind(item: Any) -> Any:
+    return item.get("kind") if isinstance(item, dict) else None
+
+
 def _prefixes(items: list[Any]) -> list[str]:
     """Each API's path prefix: its name when valid and unique, else its position `[i]`."""
     counts = Counter(name for name in map(_name, items) if isinstance(name, str))
@@ -195,6 +203,23 @@ def _duplicate_endpoints(apis: list[tuple[str, ApiSpec]]) -> list[Problem]:
     return problems
 
 
+def _splitters_of_splitters(items: list[Any], apis: list[tuple[str, ApiSpec]]) -> list[Problem]:
+    """A splitter's targets must be RealtimeAPIs: name those that are splitters of this file.
+
+    Items that failed validation count by their written kind. A target not in the file is no problem here:
+    it may be deployed already, which deploying checks.
+    """
+    splitters = {_name(item) for item in items if _kind(item) == "TrafficSplitter"}
+    problems = []
+    for prefix, api in apis:
+        targets = api.apis if isinstance(api, TrafficSplitter) else []
+        for index, name in enumerate(target.name for target in targets):
+            if name in splitters:
+                message = f"{name!r} is a TrafficSplitter; splitters can only send traffic to RealtimeAPIs"
+                problems.append(Problem(f"{prefix}.apis[{index}].name", message))
+    return problems
+
+
 def _validate_api(item: Any, prefix: str, context: dict[str, Path]) -> tuple[ReadApi | None, list[Problem]]:
     if not isinstance(item, dict):
         message = f"expected a mapping with the API's fields (name, kind, ...), got {describe_value(item)}"
@@ -202,7 +227,7 @@ def _validate_api(item: Any, prefix: str, context: dict[str, Path]) -> tuple[Rea
     kind = item.get("kind")
     model = API_KINDS.get(kind) if isinstance(kind, str) else None
     era = legacy_era(item)
-    if era is not None and (model is not None or "kind" not in item):  # Cortex-era specs may omit kind
+    if era is not None and (model is RealtimeAPI or "kind" not in item):  # Cortex-era specs may omit kind
         return _validate_legacy(item, era, prefix, context)
     if model is None:
         allowed = ", ".join(API_KINDS)
@@ -289,14 +314,18 @@ def _message(error: ErrorDetails, model: type[BaseModel]) -> str:
 
 
 def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The nested model class a location points into (our models nest models directly, never in lists)."""
+    """The nested model class a location points into, through fields and list items (`apis[0]`)."""
+    annotation: Any = model
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        nested = _nested_model(field.annotation if field else None)
-        if nested is None:
+        if isinstance(part, int) and get_origin(annotation) is list:
+            annotation = get_args(annotation)[0]
+            continue
+        nested = _nested_model(annotation)
+        field = nested.model_fields.get(part) if nested and isinstance(part, str) else None
+        if field is None:
             return None
-        model = nested
-    return model
+        annotation = field.annotation
+    return _nested_model(annotation)
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:

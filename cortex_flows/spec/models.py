@@ -424,22 +424,6 @@ class Window(SpecModel):
     end: ClockTime = "24:00"
     timezone: TimeZoneName | None = None  # default: the canary's timezone (set by the canary)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _known_fields(cls, data: Any) -> Any:
-        # The spec loader lists allowed fields only for models it reaches by name, not in lists: do it here.
-        if isinstance(data, dict):
-            allowed = list(cls.model_fields)
-            issues = []
-            for key in data:
-                if key not in allowed:
-                    close = difflib.get_close_matches(str(key), allowed, n=1)
-                    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
-                    message = f"unknown field {key!r}{suggestion}; allowed: {', '.join(allowed)}"
-                    issues.append((str(key), message))
-            _reject(issues)
-        return data
-
     @field_validator("days")
     @classmethod
     def _days_in_week_order(cls, days: list[str]) -> list[str]:
@@ -494,6 +478,9 @@ class Canary(SpecModel):
     freeze: list[FreezeDates] = Field(default_factory=list)  # days on which nothing moves forward
     timezone: TimeZoneName = "UTC"  # of windows that name none, and of `freeze` when there are no windows
     shadow: float = Field(0.0, ge=0, le=1)  # share of requests also mirrored to the candidate
+    # Shadow step: least share of mirrored requests whose response matches the stable's (None: agreement
+    # is reported, not judged)
+    min_agreement: float | None = Field(None, gt=0, le=1)
 
     @field_validator("analysis_interval")
     @classmethod
@@ -616,8 +603,84 @@ class RealtimeAPI(SpecModel):
         return float(self.pod.max_concurrency) if target is None else target
 
 
-ApiSpec: TypeAlias = RealtimeAPI  # becomes `RealtimeAPI | TrafficSplitter` when that kind arrives
-API_KINDS: dict[str, type[ApiSpec]] = {"RealtimeAPI": RealtimeAPI}  # the union's discriminator: `kind`
+class SplitTarget(SpecModel):
+    """One API behind a splitter: its percent of the traffic, or for the shadow the percent mirrored to it."""
+
+    name: ApiName
+    weight: int = Field(ge=0, le=100)
+    shadow: bool = False  # gets copies of requests; its responses are never returned to clients
+
+    @model_validator(mode="after")
+    def _shadow_gets_requests(self) -> SplitTarget:
+        if self.shadow and self.weight == 0:
+            message = "must be between 1 and 100 for the shadow (the percent of requests mirrored to it)"
+            _reject([("weight", f"{message}, got 0")])
+        return self
+
+
+class TrafficSplitter(SpecModel):
+    """One endpoint that spreads requests over RealtimeAPIs by weight (Cortex's TrafficSplitter, v0.19+).
+
+    Targets are named, not nested: each is a RealtimeAPI of the same file or one already deployed (checked
+    when deploying). After validation `networking.endpoint` is always set.
+    """
+
+    name: ApiName
+    kind: Literal["TrafficSplitter"]
+    apis: list[SplitTarget]
+    networking: Networking = Field(default_factory=Networking)
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> TrafficSplitter:
+        if not self.apis:
+            _reject([("apis", "must list at least one RealtimeAPI, e.g. [{name: my-api, weight: 100}]")])
+        issues = []
+        first_at: dict[str, int] = {}
+        shadow_at: int | None = None
+        for index, target in enumerate(self.apis):
+            first = first_at.setdefault(target.name, index)
+            if target.name == self.name:
+                message = "a splitter cannot send traffic to itself; name the RealtimeAPIs it splits between"
+                issues.append((f"apis[{index}].name", f"{message}, got {target.name!r}"))
+            elif first != index:
+                message = f"duplicate target {target.name!r} (also at apis[{first}]); list each API once"
+                issues.append((f"apis[{index}].name", message))
+            if target.shadow and shadow_at is None:
+                shadow_at = index
+            elif target.shadow and shadow_at is not None:
+                shadow = self.apis[shadow_at].name
+                message = f"at most one API can be the shadow, and apis[{shadow_at}] ({shadow}) already is"
+                issues.append((f"apis[{index}].shadow", message))
+        live = [target for target in self.apis if not target.shadow]
+        total = sum(target.weight for target in live)
+        if not live:
+            message = "must include an API that is not the shadow: the shadow's responses never reach clients"
+            issues.append(("apis", message))
+        elif total != 100:
+            weights = ", ".join(f"{target.name}: {target.weight}" for target in live)
+            issues.append(("apis", f"non-shadow weights must sum to 100, got {total} ({weights})"))
+        _reject(issues)
+        _fill(self, networking=self.networking.model_copy(update={"endpoint": self.endpoint}))
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """The gateway path: `networking.endpoint`, by default `/<name>`."""
+        return self.networking.endpoint or f"/{self.name}"
+
+    @property
+    def weights(self) -> dict[str, int]:
+        """Percent of the traffic each API answers, by name; the shadow is not among them."""
+        return {target.name: target.weight for target in self.apis if not target.shadow}
+
+    @property
+    def shadow(self) -> SplitTarget | None:
+        """The API that gets copies of `shadow.weight` percent of the requests, if any."""
+        return next((target for target in self.apis if target.shadow), None)
+
+
+ApiSpec: TypeAlias = RealtimeAPI | TrafficSplitter
+API_KINDS: dict[str, type[ApiSpec]] = {"RealtimeAPI": RealtimeAPI, "TrafficSplitter": TrafficSplitter}
 
 
 @dataclass(frozen=True)
@@ -629,6 +692,16 @@ class ProjectSpec:
     apis: list[ApiSpec]
     # What loading noted without failing (a Cortex-era spec, fields dropped as not applicable), paths as in errors
     notices: list[Problem] = dataclasses.field(default_factory=list)
+
+    @property
+    def realtime_apis(self) -> list[RealtimeAPI]:
+        """The RealtimeAPIs, in file order."""
+        return [api for api in self.apis if isinstance(api, RealtimeAPI)]
+
+    @property
+    def splitters(self) -> list[TrafficSplitter]:
+        """The TrafficSplitters, in file order."""
+        return [api for api in self.apis if isinstance(api, TrafficSplitter)]
 
     def select(self, name: str | None) -> ApiSpec:
         """The API called `name`, or the project's only API when `name` is None."""

@@ -511,12 +511,13 @@ def test_native_problems_in_the_handler_era_use_its_key(project: Path) -> None:
 )
 def test_other_kinds_are_errors_listing_the_allowed_kinds(project: Path, item: dict[str, Any]) -> None:
     found = problems(project, item)
-    assert found == [Problem("iris.kind", f"unknown kind {item['kind']!r}; allowed kinds: RealtimeAPI")]
+    message = f"unknown kind {item['kind']!r}; allowed kinds: RealtimeAPI, TrafficSplitter"
+    assert found == [Problem("iris.kind", message)]
 
 
 def test_explicit_null_kind_is_an_error(project: Path) -> None:
     assert problem_at(project, merged(PREDICTOR, {"kind": None}), "iris.kind") == (
-        "unknown kind null; allowed kinds: RealtimeAPI"
+        "unknown kind null; allowed kinds: RealtimeAPI, TrafficSplitter"
     )
 
 
@@ -581,7 +582,8 @@ def test_native_typos_keep_the_native_error(project: Path) -> None:
         "unknown field 'clas_name' (did you mean 'class_name'?); allowed: type, path, class_name, python_path"
     )
     kind_missing = {"name": "iris", "handler": {"type": "python", "path": "handler.py"}}
-    assert problem_at(project, kind_missing, "iris.kind") == "is required; allowed kinds: RealtimeAPI"
+    allowed = "allowed kinds: RealtimeAPI, TrafficSplitter"
+    assert problem_at(project, kind_missing, "iris.kind") == f"is required; {allowed}"
 
 
 def test_legacy_and_native_apis_in_one_file(project: Path) -> None:

@@ -137,6 +137,7 @@ def test_minimal_spec_gets_every_cortex_default(project: Path) -> None:
                 "freeze": [],
                 "timezone": "UTC",
                 "shadow": 0.0,
+                "min_agreement": None,
             },
         }
     ]
@@ -678,6 +679,7 @@ CANARY_DEFAULTS: dict[str, Any] = {
     "steps": [5, 25, 50, 100], "bake": "1m", "analysis_interval": "1m", "min_samples": 100,
     "inconclusive": "extend", "max_extensions": 3, "max_error_rate_increase": 0.01, "max_latency_ratio": 1.5,
     "drift_test": "chi2", "drift_threshold": 0.01, "windows": [], "freeze": [], "timezone": "UTC", "shadow": 0,
+    "min_agreement": None,
 }  # fmt: skip
 
 
