@@ -10,16 +10,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.events import emit_event
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 
 from cortex_flows.rollout.analysis import Thresholds, markdown_table
 from cortex_flows.rollout.canary import (
     NOT_STARTED,
     Action,
+    Decision,
     apply_overrides,
     next_action,
     plan_canary,
@@ -34,6 +38,27 @@ from cortex_flows.tasks.deploy import apply, build, load_project, plan, prepare,
 from cortex_flows.tasks.rollout import RolloutFailed, smoke_test
 
 MAX_PAUSE_SLEEP = 300.0  # a paused rollout looks at the clock at least this often
+HOLD_POLL_SECONDS = 2  # how often a held rollout asks the Prefect API whether someone answered
+
+
+class Clock:
+    """Wall-clock time for the time windows (tests substitute a fixed clock that jumps when it sleeps)."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+CLOCK = Clock()
+
+
+class HoldDecision(RunInput):
+    """What a person answers to a held canary (the form the Prefect UI shows on the paused run)."""
+
+    decision: Literal["advance", "extend", "rollback"] = "rollback"  # advance: as if the step had passed
+    reason: str = ""  # kept in the ledger
 
 
 @flow(name="canary-rollout", flow_run_name="canary {path}")
@@ -48,9 +73,14 @@ def canary_rollout(
     inconclusive: str | None = None,
     smoke_payload: dict[str, Any] | list[Any] | None = None,
     wait: bool = True,
+    hold_timeout: int = 24 * 3600,
 ) -> dict[str, Any]:
     """Canary the project's API (the spec's `canary:` policy, with these overrides) and promote it, or
-    roll it back and fail. Returns the outcome, the revisions and the step ledger."""
+    roll it back and fail. Returns the outcome, the revisions and the step ledger.
+
+    With `inconclusive: hold` a step without a clear answer pauses the flow run until someone resumes it
+    with a `HoldDecision` (the Prefect UI shows the form); nobody answering within `hold_timeout`
+    seconds rolls back."""
     logger = get_run_logger()
     target = load_cluster(cluster)
     project = load_project(path)
@@ -82,7 +112,7 @@ def canary_rollout(
         )  # fmt: skip
         logger.info("canary plan for %s r%d:\n%s", spec.name, decided.revision, render_plan(steps_plan))
         ledger: list[dict[str, str]] = []
-        outcome = _run(spec, policy, steps_plan, revisions, target, ledger, smoke_payload)
+        outcome = _run(spec, policy, steps_plan, revisions, target, ledger, smoke_payload, hold_timeout)
     report = [f"# Canary of {spec.name}: r{stable} -> r{decided.revision}, {outcome['outcome']}", "",
               render_plan(steps_plan), "", "## Ledger", "", markdown_table(ledger)]  # fmt: skip
     create_markdown_artifact(key="canary-report", markdown="\n".join(report), description="cortex-flows canary")
@@ -93,7 +123,7 @@ def canary_rollout(
 
 def _run(
     spec: RealtimeAPI, policy: Any, steps_plan: Any, revisions: tuple[int, int], cluster: Any,
-    ledger: list[dict[str, str]], smoke_payload: Any,
+    ledger: list[dict[str, str]], smoke_payload: Any, hold_timeout: int,
 ) -> dict[str, Any]:  # fmt: skip
     """Walk the plan; returns the outcome. The candidate takes no traffic until its first step."""
     name, (stable, candidate) = spec.name, revisions
@@ -108,6 +138,8 @@ def _run(
     index, extensions, reason, step_started = NOT_STARTED, 0, "", time.monotonic()
     decision = next_action(steps_plan, index, "pass", window_open=_open(policy))
     while True:
+        if decision.action is Action.HOLD:
+            decision = _ask(name, candidate, steps_plan, index, decision, policy, ledger, hold_timeout)
         if decision.action is Action.ROLLBACK:
             began = time.monotonic()
             back = began - step_started + _call(roll_back, name, revisions, steps_plan.stable_replicas, cluster)
@@ -119,7 +151,11 @@ def _run(
             _event("cortex.canary.promoted", name, candidate, {})
             return {"outcome": "promoted", "reason": "", "revision": candidate}
         if decision.action is Action.PAUSE:
-            _sleep_until_open(policy)
+            ledger.append({"step": f"{decision.weight}%", "decision": "paused", "reasons": decision.reason,
+                           "then": f"waits for the window at {_sleep_until_open(policy):%Y-%m-%d %H:%M %Z}"})  # fmt: skip
+            if index == NOT_STARTED:  # no traffic to analyse yet: ask again once the window opens
+                decision = next_action(steps_plan, index, "pass", window_open=_open(policy))
+                continue
         elif decision.action is Action.ADVANCE:
             index, extensions = decision.step_index, 0
             step = steps_plan.steps[index]
@@ -135,6 +171,29 @@ def _run(
         decision = next_action(steps_plan, index, verdict.outcome, extensions=extensions, window_open=_open(policy))
         if decision.action is Action.ROLLBACK and reason:
             decision = dataclasses.replace(decision, reason=f"{decision.reason}: {reason}")
+        ledger[-1]["then"] = decision.action.value
+
+
+def _ask(
+    name: str, candidate: int, steps_plan: Any, index: int, held: Decision, policy: Any,
+    ledger: list[dict[str, str]], timeout: int,
+) -> Decision:  # fmt: skip
+    """Pause the flow run until a person answers what to do with a held step (the weights stay)."""
+    logger = get_run_logger()
+    logger.warning("%s: %s; resume the flow run with a decision (advance, extend or rollback)", name, held.reason)
+    _event("cortex.canary.held", name, candidate, {"reason": held.reason})
+    try:
+        answer = pause_flow_run(wait_for_input=HoldDecision, timeout=timeout, poll_interval=HOLD_POLL_SECONDS)
+    except FlowPauseTimeout:
+        answer = HoldDecision(decision="rollback", reason=f"nobody decided within {timeout}s")
+    said = f"{answer.decision}: {answer.reason}" if answer.reason else answer.decision
+    ledger.append({"step": f"{held.weight}%", "decision": "held", "reasons": held.reason, "then": f"person: {said}"})
+    logger.info("%s: the held canary goes on: %s", name, said)
+    if answer.decision == "rollback":
+        return Decision(Action.ROLLBACK, NOT_STARTED, 0, 0, f"rolled back by a person after a hold ({said})")
+    if answer.decision == "extend":
+        return Decision(Action.EXTEND, index, held.weight, held.extensions + 1, f"extended by a person ({said})")
+    return next_action(steps_plan, index, "pass", extensions=held.extensions, window_open=_open(policy))
 
 
 def _bake(
@@ -159,14 +218,16 @@ def _bake(
 
 
 def _open(policy: Any) -> bool:
-    return is_open(policy.windows, policy.freeze_ranges, datetime.now(UTC), timezone=policy.timezone)
+    return is_open(policy.windows, policy.freeze_ranges, CLOCK.now(), timezone=policy.timezone)
 
 
-def _sleep_until_open(policy: Any) -> None:
-    opens = next_open(policy.windows, policy.freeze_ranges, datetime.now(UTC), timezone=policy.timezone)
+def _sleep_until_open(policy: Any) -> datetime:
+    """Sleep until the next window opens (at most MAX_PAUSE_SLEEP at a time); returns when it opens."""
+    opens = next_open(policy.windows, policy.freeze_ranges, CLOCK.now(), timezone=policy.timezone)
     if opens is None:
         raise RolloutFailed("the canary's windows never open again within a year")
-    time.sleep(min(MAX_PAUSE_SLEEP, max(1.0, (opens - datetime.now(UTC)).total_seconds())))
+    CLOCK.sleep(min(MAX_PAUSE_SLEEP, max(1.0, (opens - CLOCK.now()).total_seconds())))
+    return opens
 
 
 def _call(task: Any, *args: Any) -> Any:

@@ -1,19 +1,36 @@
-"""Canary rollouts under load: a healthy candidate is promoted step by step with no failed request; a
-candidate with errors, one much slower and one that always answers the same class are rolled back at the
-first step, fast, with failures confined to the candidate's share."""
+"""Canary rollouts under load: a healthy candidate is promoted step by step as `plan` showed, with no
+failed request, pausing at its weight outside its time window (a fixed clock); a candidate with errors,
+one much slower and one that always answers the same class are rolled back at the first step, fast, with
+failures confined to the candidate's share; thin traffic holds the rollout until a person decides."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
 
+from cortex_flows.backends.local.client import LocalBackend
+from cortex_flows.flows import canary as canary_flow
 from cortex_flows.flows.canary import canary_rollout
 from cortex_flows.flows.deploy import deploy
-from tests.helpers import BackgroundLoad, cli
+from tests.helpers import BackgroundLoad, cli, wait_for
 
 HANDLER = """\
 import random
@@ -35,13 +52,13 @@ CANARY_INTERVAL = 10
 CANARY = {"steps": [30, 100], "bake": "10s", "analysis_interval": f"{CANARY_INTERVAL}s", "min_samples": 50}
 
 
-def write_project(root: Path, mode: str, tag: str = "v2") -> Path:
+def write_project(root: Path, mode: str, tag: str = "v2", canary: dict[str, Any] | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "handler.py").write_text(HANDLER)
     api = {
         "name": "canary", "kind": "RealtimeAPI", "handler": {"type": "python", "path": "handler.py"},
         "config": {"mode": mode, "tag": tag}, "pod": {"max_concurrency": 4},
-        "autoscaling": {"min_replicas": 2, "max_replicas": 4}, "canary": CANARY,
+        "autoscaling": {"min_replicas": 2, "max_replicas": 4}, "canary": {**CANARY, **(canary or {})},
     }  # fmt: skip
     (root / "cortex.yaml").write_text(yaml.safe_dump([api], sort_keys=False))
     return root
@@ -54,27 +71,96 @@ def stable(prefect_api, local_cluster, tmp_path) -> dict[str, Any]:
     return {"project": project, "url": url, "env": {**local_cluster["env"], "PREFECT_API_URL": prefect_api}}
 
 
-def test_plan_previews_what_the_rollout_does(stable):
-    shown = cli("plan", str(stable["project"]), env=stable["env"])
+class FixedClock:
+    """A fixed clock for the time windows: each reading is a minute after the last, and sleeping out a
+    closed window jumps to `wake`; records the API's traffic weights at each pause."""
+
+    def __init__(self, start: datetime, wake: datetime, pauses: list[dict[int, int]]) -> None:
+        self.at, self.wake, self.pauses = start, wake, pauses
+
+    def now(self) -> datetime:
+        self.at += timedelta(minutes=1)
+        return self.at - timedelta(minutes=1)
+
+    def sleep(self, seconds: float) -> None:
+        status = asyncio.run(LocalBackend().status("canary"))
+        self.pauses.append({v.revision: v.weight for v in status.versions})
+        self.at = self.wake
+
+
+def test_a_healthy_candidate_is_promoted_as_planned_pausing_outside_its_window(stable, monkeypatch):
+    # Weekdays 09:00-18:00 in Paris; the clock reads Friday 17:59 when the first step begins and 18:00
+    # when its analysis passes, so the rollout waits at 30% until the window opens on Monday 09:00.
+    project = write_project(stable["project"], "good", canary={
+        "windows": [{"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "18:00"}],
+        "timezone": "Europe/Paris",
+    })  # fmt: skip
+    shown = cli("plan", str(project), env=stable["env"])
     assert shown.returncode == 0, shown.stderr
-    rows = [line for line in shown.stdout.splitlines() if line.startswith("|") and "%" in line]
-    assert [r.split("|")[2].strip() for r in rows[:2]] == ["30%", "100%"], shown.stdout
-
-
-def test_a_healthy_candidate_is_promoted_with_no_failed_request(stable):
-    write_project(stable["project"], "good")
+    planned = [row.split("|")[2].strip() for row in shown.stdout.splitlines() if row.startswith("| ") and "%" in row]
+    pauses: list[dict[int, int]] = []
+    paris = ZoneInfo("Europe/Paris")
+    clock = FixedClock(datetime(2026, 11, 27, 17, 59, tzinfo=paris), datetime(2026, 11, 30, 9, tzinfo=paris), pauses)
+    monkeypatch.setattr(canary_flow, "CLOCK", clock)
     load = BackgroundLoad(stable["url"], {"x": 1}, connections=4)
     load.wait_for(50)
-    state = canary_rollout(path=str(stable["project"]), return_state=True)
+    state = canary_rollout(path=str(project), return_state=True)
     outcomes = load.stop()
     assert state.is_completed(), state.message
     result = state.result()
     assert result["outcome"] == "promoted" and result["revision"] == 2
-    assert [row["step"] for row in result["ledger"]] == ["30%", "100%"]
+    ledger = result["ledger"]
+    assert [(row["step"], row["decision"]) for row in ledger] == [
+        ("30%", "continue"), ("30%", "paused"), ("30%", "continue"), ("100%", "promote"),
+    ], ledger  # fmt: skip
+    assert "2026-11-30 09:00 CET" in ledger[1]["then"] and pauses == [{1: 70, 2: 30}]  # held at 30% over the weekend
+    done = [row["step"] for row in ledger if row["decision"] != "paused"]
+    assert planned == ["30%", "100%", "100%"] and list(dict.fromkeys(done)) == planned[:2]  # the plan's steps, then promote
     failures = [o for o in outcomes if o not in ("1", "2")]
     assert failures == [] and "2" in outcomes and outcomes[-20:] == ["2"] * 20
-    again = canary_rollout(path=str(stable["project"]))  # as a scheduled run with no new model
+    again = canary_rollout(path=str(project))  # as a scheduled run with no new model
     assert (again["outcome"], again["revision"]) == ("up to date", 2)
+
+
+def test_thin_traffic_holds_until_a_person_decides(stable, prefect_api):
+    project = write_project(stable["project"], "good", canary={"min_samples": 100000, "inconclusive": "hold"})
+    answers = [{"decision": "extend", "reason": "more traffic after lunch"}, {"decision": "rollback", "reason": "still thin"}]
+    resumed: list[str] = []
+
+    def decide() -> None:  # a person answering each hold from outside the flow, as the Prefect UI does
+        for answer in answers:
+            run = wait_for(_paused_run, 90, interval=0.5, what="a held canary")
+            resume_flow_run(run.id, run_input=answer)
+            wait_for(lambda id=run.id: not _paused_run(id), 30, interval=0.2, what="the run resumed")
+            resumed.append(answer["decision"])
+
+    person = threading.Thread(target=decide, daemon=True)
+    person.start()
+    load = BackgroundLoad(stable["url"], {"x": 1}, connections=1)
+    state = canary_rollout(path=str(project), return_state=True)
+    load.stop()
+    person.join(10)
+    assert resumed == ["extend", "rollback"]
+    assert state.is_failed() and "rolled back by a person after a hold (rollback: still thin)" in state.message
+    report = _artifact("canary-report")
+    held = [line for line in report.splitlines() if "| held |" in line]
+    assert len(held) == 2 and "inconclusive" in held[0] and "person: extend: more traffic after lunch" in held[0]
+    assert "too few" in report.lower() or "fewer" in report.lower(), report
+    assert asyncio.run(LocalBackend().status("canary")).versions[0].revision == 1
+
+
+def _paused_run(run_id: Any = None) -> Any:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))  # fmt: skip
+    return next((run for run in runs if run_id is None or run.id == run_id), None)
+
+
+def _artifact(key: str) -> str:
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+            key=ArtifactCollectionFilterKey(any_=[key])))[0]  # fmt: skip
+    return str(artifact.data)
 
 
 @pytest.mark.parametrize(("mode", "reason"), [("errors", "error"), ("slow", "p99"), ("constant", "drift")])
