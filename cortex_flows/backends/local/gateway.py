@@ -10,6 +10,12 @@ Request bodies are buffered (bounded) and sent with Content-Length, which lets a
 another connection or replica when nothing reached the client yet: a pooled connection that turns out
 closed is retried on a new one, and a replica that cannot be reached, or that closes the connection
 before answering (it crashed, or was stopped by a rolling update), is failed over once to another one.
+
+A route may be a traffic splitter's (the request is served as one of its target APIs', picked per
+request) and may mirror a share of its requests: the same upstream request is also sent, once the primary
+is on its way, to a shadow replica over the gateway's separate shadow connections. The shadow's answer is
+never relayed; it is compared with the primary's (captured while relayed) into the route's `ShadowTally`.
+Plain routes pay one attribute check for all this (`Route.direct`), and one per response chunk.
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Coroutine
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 import httptools
 
-from cortex_flows.backends.local.routing import RoutingTable, Upstream
+from cortex_flows.backends.local.routing import MirrorState, Route, RoutingTable, Split, Upstream
+from cortex_flows.rollout.shadow import Reply, ShadowTally
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_PORT", "Gateway", "RoutingTable", "Upstream"]
 
@@ -36,6 +44,8 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers; beyond -> 431
 _JOIN_LIMIT = 64 * 1024  # bodies up to this size are joined to the head: one write, one segment
 _LINGER = 1.0  # after a 4xx that closes, keep reading (and dropping) this long so the client sees it
+DEFAULT_MAX_MIRRORS = 256  # mirrored requests in flight at once; beyond, mirroring is skipped
+MAX_COMPARE_BYTES = 1024 * 1024  # response bodies kept to compare primary and shadow; larger: uncompared
 
 # Request headers handled specially: hop-by-hop ones (and Proxy-*) are dropped, framing ones regenerated.
 _HOP_BY_HOP = frozenset(
@@ -53,7 +63,7 @@ class _Abort(Exception):
 class _Request:
     """One parsed client request, waiting in its connection's queue or being served."""
 
-    __slots__ = ("api", "body", "head", "head_only", "keep_alive", "method", "url")
+    __slots__ = ("api", "body", "capture", "head", "head_only", "keep_alive", "method", "url")
 
     def __init__(
         self, method: bytes, url: bytes, head: bytes, body: bytes, keep_alive: bool, head_only: bool
@@ -67,6 +77,7 @@ class _Request:
         self.keep_alive = keep_alive
         self.head_only = head_only
         self.api = ""  # set once routed
+        self.capture: _Capture | None = None  # set when mirrored: the response is also kept to compare
 
 
 class Gateway:
@@ -87,11 +98,12 @@ class Gateway:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_idle_per_upstream: int = 64,
         idle_timeout: float = 4.0,
+        max_mirrors_in_flight: int = DEFAULT_MAX_MIRRORS,
     ) -> None:
         """`upstream_timeout`: longest silence from a replica mid-request (then 504, or a cut response),
-        and the longest `RoutingTable.wait_for_upstream` may hold a request. `idle_timeout`: pooled
-        connections idle longer are closed; it stays below the replicas' keep-alive (uvicorn: 5 s) so we
-        rarely reuse a socket the replica is closing (that race is retried anyway).
+        and the longest `RoutingTable.wait_for_upstream` may hold a request; a shadow's too. `idle_timeout`:
+        pooled connections idle longer are closed; it stays below the replicas' keep-alive (uvicorn: 5 s)
+        so we rarely reuse a socket the replica is closing (that race is retried anyway).
         """
         self.table = table
         self.host = host
@@ -101,13 +113,16 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.max_idle_per_upstream = max_idle_per_upstream
         self.idle_timeout = idle_timeout
+        self.max_mirrors_in_flight = max_mirrors_in_flight
         self.loop: asyncio.AbstractEventLoop  # set by start()
         self.stopping = False
         self.host_line = b""
-        self.requests: dict[str, int] = {}
+        self.requests: dict[str, int] = {}  # by API, and by traffic splitter
         self.clients: set[_Client] = set()
-        self.busy: set[_UpstreamConn] = set()
+        self.busy: set[_UpstreamConn | _MirrorConn] = set()
         self.idle: dict[Upstream, list[_UpstreamConn]] = {}
+        self.mirror_idle: dict[Upstream, list[_MirrorConn]] = {}  # shadow connections, never mixed in
+        self.mirrors_in_flight = 0
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -157,10 +172,11 @@ class Gateway:
             )
         for client in list(self.clients):
             client.transport.abort()
-        for conns in self.idle.values():
-            for conn in conns:
-                conn.close()
-        self.idle.clear()
+        for pool in (self.idle, self.mirror_idle):
+            for conns in pool.values():
+                for conn in conns:
+                    conn.close()
+            pool.clear()
         for conn in list(self.busy):
             conn.transport.abort()
         for task in list(self._tasks):
@@ -179,20 +195,20 @@ class Gateway:
 
     # --- upstream connection pool ------------------------------------------------------------------------
 
-    def take_idle(self, upstream: Upstream) -> _UpstreamConn | None:
-        conns = self.idle.get(upstream)
+    def take_idle(self, pool: dict[Upstream, list[_Conn]], upstream: Upstream) -> _Conn | None:
+        conns = pool.get(upstream)
         while conns:
             conn = conns.pop()  # most recently used: least likely to be closing
             if not conn.closed:
                 return conn
         return None
 
-    def put_idle(self, conn: _UpstreamConn) -> None:
+    def put_idle(self, pool: dict[Upstream, list[_Conn]], conn: _Conn) -> None:
         upstream = conn.upstream
         if self.stopping or not self.table.has_upstream(upstream):
             conn.close()
             return
-        conns = self.idle.setdefault(upstream, [])
+        conns = pool.setdefault(upstream, [])
         if len(conns) >= self.max_idle_per_upstream:
             conn.close()
         else:
@@ -200,8 +216,33 @@ class Gateway:
 
     def _on_upstreams_removed(self, upstreams: set[Upstream]) -> None:
         for upstream in upstreams:
-            for conn in self.idle.pop(upstream, ()):
-                conn.close()
+            for pool in (self.idle, self.mirror_idle):
+                for conn in pool.pop(upstream, ()):
+                    conn.close()
+
+    # --- mirroring -------------------------------------------------------------------------------------
+
+    def mirror(self, req: _Request, states: list[MirrorState]) -> None:
+        """Copy `req` to a shadow replica of each of `states`, started after the primary went out.
+
+        A copy is skipped (and counted so) when too many are in flight or no shadow replica is ready.
+        """
+        capture = _Capture(self)
+        table = self.table
+        for state in states:
+            tally = state.tally
+            upstream = state.pick(table) if self.mirrors_in_flight < self.max_mirrors_in_flight else None
+            if upstream is None:
+                tally.skipped += 1
+                continue
+            tally.mirrored += 1
+            self.mirrors_in_flight += 1
+            table.begin_mirror(upstream)
+            shadow = _Shadow(self, capture, tally, upstream, req)
+            capture.shadows.append(shadow)
+            self.loop.call_soon(shadow.start)
+        if capture.shadows:
+            req.capture = capture
 
     async def _sweep(self) -> None:
         """Once per tick: time out silent upstreams and close pooled connections idle too long.
@@ -216,9 +257,10 @@ class Gateway:
             try:
                 for conn in [c for c in self.busy if now - c.last_active > self.upstream_timeout]:
                     conn.time_out()
-                for conns in self.idle.values():
-                    while conns and now - conns[0].last_active > self.idle_timeout:
-                        conns.pop(0).close()
+                for pool in (self.idle, self.mirror_idle):
+                    for conns in pool.values():
+                        while conns and now - conns[0].last_active > self.idle_timeout:
+                            conns.pop(0).close()
             except Exception:
                 log.warning("gateway: error in the timeout sweep", exc_info=True)
 
@@ -344,6 +386,9 @@ class _Client(asyncio.Protocol):
             self.conn = None
             conn.abandon()
         self.release()
+        req = self.current
+        if req is not None and req.capture is not None:
+            req.capture.settle(None)  # cut, or the client left: nothing complete to compare
         self.current = None
         self.queue.clear()
 
@@ -494,11 +539,42 @@ class _Client(asyncio.Protocol):
             req.head, req.body = head + req.body, b""
         else:
             req.head = head
+        if not route.direct:  # a traffic splitter, or a route that mirrors
+            route = self.redirect(req, route)
+            if route is None:
+                return
         upstream = route.pick(gw.table.upstream_in_flight)
         if upstream is None:
             gw.spawn(self.wait_for_upstream(req))
         else:
             self.send_to(upstream, failover=True)
+
+    def redirect(self, req: _Request, entry: Route | Split) -> Route | None:
+        """The slow path: the route that serves `req` (a splitter's target API's), with its mirrored copies
+        started; None when `req` was answered here because the target API has no route."""
+        gw = self.gw
+        states: list[MirrorState] = []
+        if isinstance(entry, Split):
+            target = entry.pick()
+            route = gw.table.route(target)
+            if route is None:
+                self.reply(
+                    503,
+                    f"API {target} of traffic splitter {entry.api} is not deployed",
+                    b"Retry-After: 1\r\n",
+                )
+                return None
+            req.api = target  # from here on the request is the target API's: in-flight, failover, waking
+            gw.requests[target] = gw.requests.get(target, 0) + 1
+            if entry.mirror is not None and not req.head_only and entry.mirror.take():
+                states.append(entry.mirror)
+        else:
+            route = entry
+        if route.mirror is not None and not req.head_only and route.mirror.take():
+            states.append(route.mirror)  # HEAD is never mirrored: its answer has no body to compare
+        if states:
+            gw.mirror(req, states)
+        return route
 
     def send_to(self, upstream: Upstream, *, failover: bool) -> None:
         req = self.current
@@ -507,7 +583,7 @@ class _Client(asyncio.Protocol):
         gw.table.begin(req.api, upstream)
         self.target = upstream
         self.failover = failover
-        conn = gw.take_idle(upstream)
+        conn = gw.take_idle(gw.idle, upstream)
         if conn is not None:
             conn.send(self, req, reused=True)
         else:
@@ -534,7 +610,7 @@ class _Client(asyncio.Protocol):
             self.fail_over(upstream, "cannot reach a replica of API %s")
             return
         if self.target is not upstream:
-            gw.put_idle(conn)  # the client went away meanwhile
+            gw.put_idle(gw.idle, conn)  # the client went away meanwhile
         else:
             conn.send(self, self.current, reused=False)  # type: ignore[arg-type]
 
@@ -620,6 +696,8 @@ class _Client(asyncio.Protocol):
     def reply(self, status: int, message: str, extra: bytes = b"", close: bool = False) -> None:
         """Answer the current request from the gateway itself with a small JSON error."""
         req = self.current
+        if req is not None and req.capture is not None:
+            req.capture.settle(None)  # the primary replica gave no answer to compare
         close = close or req is None or not req.keep_alive or self.closing
         body = json.dumps({"error": message}).encode()
         head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n" % (
@@ -667,6 +745,7 @@ class _UpstreamConn(asyncio.Protocol):
     """One keep-alive connection to a replica; relays one response at a time to a `_Client`."""
 
     __slots__ = (
+        "capture",
         "client",
         "closed",
         "done",
@@ -689,6 +768,7 @@ class _UpstreamConn(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpResponseParser(self)
         self.client: _Client | None = None
+        self.capture: _Capture | None = None
         self.closed = False
         self.done = False
         self.got_data = False
@@ -704,6 +784,7 @@ class _UpstreamConn(asyncio.Protocol):
         self.reused = reused
         self.got_data = self.done = False
         self.head_only = req.head_only
+        self.capture = req.capture
         client.conn = self
         gw = self.gw
         self.last_active = gw.loop.time()
@@ -730,6 +811,9 @@ class _UpstreamConn(asyncio.Protocol):
         client.transport.write(data)
         try:
             self.parser.feed_data(data)
+            capture = self.capture
+            if capture is not None:
+                capture.add(data, self.done)
             if self.done:
                 self._finish(client)
         except Exception as exc:
@@ -796,8 +880,9 @@ class _UpstreamConn(asyncio.Protocol):
         client.response_done(keep_alive)
 
     def put_back(self) -> None:
-        self.last_active = self.gw.loop.time()
-        self.gw.put_idle(self)
+        gw = self.gw
+        self.last_active = gw.loop.time()
+        gw.put_idle(gw.idle, self)
 
     def detach(self) -> None:
         self.client = None
@@ -829,3 +914,253 @@ class _UpstreamConn(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         self.transport.close()
+
+
+class _ResponseReader:
+    """Parses one response to a mirrored request into its status and body (de-chunked), to compare."""
+
+    __slots__ = ("body", "complete", "keep_alive", "parser", "size", "status")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.body: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.keep_alive = False
+
+    def feed(self, data: bytes) -> bool:
+        """True once the response is complete; raises `httptools.HttpParserError` for a malformed one."""
+        self.parser.feed_data(data)
+        return self.complete
+
+    def reply(self, latency: float) -> Reply:
+        return Reply(self.status, b"".join(self.body) if self.size <= MAX_COMPARE_BYTES else None, latency)
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size <= MAX_COMPARE_BYTES:
+            self.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        if self.status < 200:
+            self.body.clear()  # a 1xx: the real response follows
+            self.size = 0
+        else:
+            self.complete = True
+            self.keep_alive = self.parser.should_keep_alive()  # only valid until the parser moves on
+
+
+class _Capture:
+    """The primary side of a mirrored request: its response as relayed, and the shadows to compare it with.
+
+    Each pair is recorded once both sides are settled, by whichever settles last, in a callback of its own:
+    comparing parses JSON, which must neither hold up the relay nor, should it fail, touch the client.
+    """
+
+    __slots__ = ("gw", "primary", "reader", "sent", "settled", "shadows")
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.sent = time.perf_counter()  # the primary is dispatched right after
+        self.reader: _ResponseReader | None = _ResponseReader()
+        self.shadows: list[_Shadow] = []
+        self.settled = False
+        self.primary: Reply | None = None
+
+    def add(self, data: bytes, done: bool) -> None:
+        """Response bytes just relayed to the client; `done`: they complete the response."""
+        reader = self.reader
+        if reader is not None:
+            try:
+                reader.feed(data)
+            except httptools.HttpParserError:
+                self.reader = reader = None  # the client got it anyway; it just cannot be compared
+        if done:
+            self.settle(
+                reader.reply(time.perf_counter() - self.sent)
+                if reader is not None and reader.complete
+                else None
+            )
+
+    def settle(self, primary: Reply | None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.primary = primary
+        self.reader = None
+        call_soon = self.gw.loop.call_soon
+        for shadow in self.shadows:
+            if shadow.settled:
+                call_soon(shadow.tally.record, primary, shadow.result)
+
+
+class _Shadow:
+    """One mirrored copy of a request, on its way to a shadow replica and counted in flight there."""
+
+    __slots__ = ("body", "capture", "gw", "head", "result", "sent", "settled", "tally", "upstream")
+
+    def __init__(
+        self, gw: Gateway, capture: _Capture, tally: ShadowTally, upstream: Upstream, req: _Request
+    ) -> None:
+        self.gw = gw
+        self.capture = capture
+        self.tally = tally
+        self.upstream = upstream
+        self.head = req.head  # the exact upstream request: rewritten path, forwarded headers, body
+        self.body = req.body
+        self.sent = 0.0
+        self.settled = False
+        self.result: Reply | None = None
+
+    def start(self) -> None:
+        gw = self.gw
+        self.sent = time.perf_counter()
+        try:
+            conn = gw.take_idle(gw.mirror_idle, self.upstream)
+            if conn is not None:
+                conn.send(self, reused=True)
+            else:
+                gw.spawn(self.connect())
+        except Exception:
+            log.warning("gateway: cannot mirror a request to %s", self.upstream, exc_info=True)
+            self.finish(None)
+
+    async def connect(self) -> None:
+        gw = self.gw
+        upstream = self.upstream
+        try:
+            async with asyncio.timeout(gw.connect_timeout):
+                _, conn = await gw.loop.create_connection(
+                    lambda: _MirrorConn(gw, upstream), upstream.host, upstream.port
+                )
+        except asyncio.CancelledError:  # the gateway is stopping
+            self.finish(None)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is a shadow error, never the client's
+            log.debug("gateway: cannot connect to shadow %s: %r", upstream, exc)
+            self.finish(None)
+            return
+        conn.send(self, reused=False)
+
+    def finish(self, result: Reply | None) -> None:
+        """The shadow answered (`result`) or failed (None): no longer in flight; compare when both are in."""
+        if self.settled:
+            return
+        self.settled = True
+        self.result = result
+        gw = self.gw
+        gw.mirrors_in_flight -= 1
+        gw.table.end_mirror(self.upstream)
+        capture = self.capture
+        if capture.settled:
+            gw.loop.call_soon(self.tally.record, capture.primary, result)
+
+
+class _MirrorConn(asyncio.Protocol):
+    """A keep-alive connection to a shadow replica; carries one mirrored request at a time.
+
+    The answer is read and compared, never relayed: whatever goes wrong here ends as a shadow error and
+    touches no client.
+    """
+
+    __slots__ = (
+        "closed",
+        "got_data",
+        "gw",
+        "last_active",
+        "reader",
+        "reused",
+        "shadow",
+        "transport",
+        "upstream",
+    )
+
+    def __init__(self, gw: Gateway, upstream: Upstream) -> None:
+        self.gw = gw
+        self.upstream = upstream
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.shadow: _Shadow | None = None
+        self.reader: _ResponseReader  # set by send(), which always follows the connect
+        self.closed = False
+        self.got_data = False
+        self.reused = False
+        self.last_active = gw.loop.time()
+
+    def send(self, shadow: _Shadow, *, reused: bool) -> None:
+        self.shadow = shadow
+        self.reused = reused
+        self.got_data = False
+        self.reader = _ResponseReader()
+        gw = self.gw
+        self.last_active = gw.loop.time()
+        gw.busy.add(self)
+        self.transport.write(shadow.head)
+        if shadow.body:
+            self.transport.write(shadow.body)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        shadow = self.shadow
+        if shadow is None:
+            self.close()  # bytes while idle: don't reuse this socket
+            return
+        self.got_data = True
+        self.last_active = self.gw.loop.time()
+        reader = self.reader
+        try:
+            complete = reader.feed(data)
+        except httptools.HttpParserError:
+            log.debug("gateway: bad response from shadow %s", self.upstream)
+            self.detach()
+            self.transport.abort()
+            shadow.finish(None)
+            return
+        if complete:
+            self.detach()
+            if reader.keep_alive:
+                self.gw.put_idle(self.gw.mirror_idle, self)
+            else:
+                self.close()
+            shadow.finish(reader.reply(time.perf_counter() - shadow.sent))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        shadow = self.shadow
+        if shadow is None:
+            conns = self.gw.mirror_idle.get(self.upstream)
+            if conns and self in conns:
+                conns.remove(self)
+            return
+        self.detach()
+        if self.reused and not self.got_data and not self.gw.stopping:
+            self.gw.spawn(shadow.connect())  # the keep-alive race: a new connection, as for the primary
+        else:
+            log.debug("gateway: shadow %s closed the connection before answering", self.upstream)
+            shadow.finish(None)
+
+    def time_out(self) -> None:
+        shadow = self.shadow
+        self.detach()
+        self.transport.abort()
+        if shadow is not None:
+            log.debug(
+                "gateway: shadow %s did not answer within %.1f s", self.upstream, self.gw.upstream_timeout
+            )
+            shadow.finish(None)
+
+    def detach(self) -> None:
+        self.shadow = None
+        self.gw.busy.discard(self)
+
+    def close(self) -> None:
+        self.closed = True
+        self.transport.close()
+
+
+_Conn = TypeVar("_Conn", _UpstreamConn, _MirrorConn)

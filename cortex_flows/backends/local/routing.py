@@ -7,12 +7,23 @@ loop thread and does no I/O, so a lookup is a few dict operations.
 In-flight counts live here rather than in the gateway because replica choice (least in-flight) needs them,
 and because they must outlive route updates: a replica removed from the table keeps its count until its
 last request finishes, which is exactly what the agent waits for when it drains a replica.
+
+Two kinds of entries share the endpoints: an API's `Route` (version groups of replicas), and a traffic
+splitter's `Split`, which picks one of its target APIs per request and lets that API's route pick the
+replica. Either may carry a `Mirror`: a share of its requests is copied to a shadow whose answers the
+gateway compares with the primary's into a `ShadowTally` kept here per name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import NamedTuple
+
+from cortex_flows.rollout.shadow import ShadowReport, ShadowTally
+from cortex_flows.serving.metrics import DURATION_BUCKETS
+
+_SHARE_UNIT = 1_000_000  # mirror shares are counted in millionths, so the mirrored fraction is exact
 
 
 class Upstream(NamedTuple):
@@ -23,6 +34,17 @@ class Upstream(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+class Mirror(NamedTuple):
+    """Copy `share` (0 < share <= 1) of a route's requests to a shadow, whose answers are only compared.
+
+    `target` is either the ready replicas of one version (a canary's shadow step), or the name of another
+    API whose route picks the replica at request time (a traffic splitter's shadow).
+    """
+
+    share: float
+    target: tuple[Upstream, ...] | str
 
 
 class _Group:
@@ -44,13 +66,16 @@ class Route:
     replicas or with weight 0 are left out, which hands their share to the others in proportion.
     """
 
-    __slots__ = ("_current", "_eligible", "api", "endpoint", "groups")
+    __slots__ = ("_current", "_eligible", "_weights", "api", "direct", "endpoint", "groups", "mirror")
 
-    def __init__(self, api: str, endpoint: str, groups: list[_Group]) -> None:
+    def __init__(self, api: str, endpoint: str, groups: list[_Group], mirror: MirrorState | None) -> None:
         self.api = api
         self.endpoint = endpoint
         self.groups = groups
+        self.mirror = mirror
+        self.direct = mirror is None  # the gateway's one check for its fast path: no mirror, no splitter
         self._eligible = [g for g in groups if g.weight > 0 and g.replicas]
+        self._weights = [g.weight for g in self._eligible]
         self._current = [0] * len(self._eligible)
 
     def pick(self, in_flight: dict[Upstream, int]) -> Upstream | None:
@@ -61,16 +86,7 @@ class Route:
         elif not eligible:
             return None
         else:
-            current = self._current
-            total = 0
-            best = 0
-            for i, g in enumerate(eligible):
-                current[i] += g.weight
-                total += g.weight
-                if current[i] > current[best]:
-                    best = i
-            current[best] -= total
-            group = eligible[best]
+            group = eligible[_smooth_pick(self._weights, self._current)]
         return _least_in_flight(group, in_flight)
 
     def pick_other(self, in_flight: dict[Upstream, int], exclude: Upstream) -> Upstream | None:
@@ -85,14 +101,100 @@ class Route:
 
     def weights(self) -> list[int]:
         """Weights of the groups that take traffic, in order."""
-        return [g.weight for g in self._eligible]
+        return self._weights
 
     def carry_position(self, old: Route) -> None:
         """Continue `old`'s weighted rotation, so frequent route updates keep the split exact."""
         self._current = old._current
 
     def upstreams(self) -> set[Upstream]:
-        return {u for g in self.groups for u in g.replicas}
+        """Every replica the route may send to, its mirror's included (the gateway pools their sockets)."""
+        own = {u for g in self.groups for u in g.replicas}
+        return own | self.mirror.upstreams() if self.mirror is not None else own
+
+
+class Split:
+    """A traffic splitter's endpoint (Cortex's TrafficSplitter): each request goes to one target API.
+
+    Targets are chosen by the same smooth weighted round robin as a route's versions, so a 50/30/20 split
+    is exact over every 10 requests; the gateway then serves the request as the chosen API's own.
+    """
+
+    __slots__ = ("_current", "_names", "_weights", "api", "direct", "endpoint", "mirror", "targets")
+
+    def __init__(
+        self, name: str, endpoint: str, targets: list[tuple[int, str]], mirror: MirrorState | None
+    ) -> None:
+        self.api = name  # the attribute name routes use: the gateway counts requests by it
+        self.endpoint = endpoint
+        self.targets = targets
+        self.mirror = mirror
+        self.direct = False
+        self._weights = [w for w, _ in targets if w > 0]
+        self._names = [t for w, t in targets if w > 0]
+        self._current = [0] * len(self._names)
+
+    def pick(self) -> str:
+        """The target API of the next request."""
+        if len(self._names) == 1:
+            return self._names[0]
+        return self._names[_smooth_pick(self._weights, self._current)]
+
+    def carry_position(self, old: Split) -> None:
+        """Continue `old`'s rotation, so changing the mirror keeps the split exact."""
+        self._current = old._current
+
+    def upstreams(self) -> set[Upstream]:
+        return self.mirror.upstreams() if self.mirror is not None else set()
+
+
+class MirrorState:
+    """A route's `Mirror` with its running share count and the tally of its comparisons."""
+
+    __slots__ = ("_api", "_group", "_owed", "_share", "mirror", "tally")
+
+    def __init__(self, mirror: Mirror, tally: ShadowTally, old: MirrorState | None) -> None:
+        self.mirror = mirror
+        self.tally = tally
+        self._share = max(1, round(mirror.share * _SHARE_UNIT))
+        self._owed = old._owed if old is not None else 0  # route updates must not restart the count
+        target = mirror.target
+        self._group = _Group(100, target) if isinstance(target, tuple) else None
+        self._api = target if isinstance(target, str) else None
+
+    def take(self) -> bool:
+        """Whether to mirror this request: exactly `share` of the requests, evenly spread."""
+        owed = self._owed + self._share
+        if owed >= _SHARE_UNIT:
+            self._owed = owed - _SHARE_UNIT
+            return True
+        self._owed = owed
+        return False
+
+    def pick(self, table: RoutingTable) -> Upstream | None:
+        """The shadow replica for a mirrored request: the least busy of the version's, or the target API's
+        own pick; None when there is none ready."""
+        group = self._group
+        if group is not None:
+            return _least_in_flight(group, table.upstream_in_flight) if group.replicas else None
+        route = table.route(self._api) if self._api is not None else None
+        return route.pick(table.upstream_in_flight) if route is not None else None
+
+    def upstreams(self) -> set[Upstream]:
+        return set(self._group.replicas) if self._group is not None else set()
+
+
+def _smooth_pick(weights: list[int], current: list[int]) -> int:
+    """nginx's smooth weighted round robin: the index of the next pick, advancing `current` in place."""
+    total = 0
+    best = 0
+    for i, w in enumerate(weights):
+        current[i] += w
+        total += w
+        if current[i] > current[best]:
+            best = i
+    current[best] -= total
+    return best
 
 
 def _least_in_flight(group: _Group, in_flight: dict[Upstream, int]) -> Upstream:
@@ -115,6 +217,11 @@ def _least_in_flight(group: _Group, in_flight: dict[Upstream, int]) -> Upstream:
     return best
 
 
+def _check_weight(weight: int) -> None:
+    if not 0 <= weight <= 100:
+        raise ValueError(f"weight must be within 0..100, got {weight}")
+
+
 def normalize_endpoint(endpoint: str) -> str:
     """`iris`, `/iris/` -> `/iris`; `/` stays `/` (one API answering every path)."""
     stripped = endpoint.strip().strip("/")
@@ -122,43 +229,72 @@ def normalize_endpoint(endpoint: str) -> str:
 
 
 class RoutingTable:
-    """Routes by endpoint, plus the in-flight counts the gateway keeps per replica and per API."""
+    """Routes and splitters by endpoint, plus the in-flight counts the gateway keeps per replica and per API."""
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}  # by API name
-        self._by_endpoint: dict[bytes, Route] = {}
+        self._splits: dict[str, Split] = {}  # by traffic splitter name
+        self._by_endpoint: dict[bytes, Route | Split] = {}
         self._refs: dict[Upstream, int] = {}  # how many routes list each upstream
+        self._tallies: dict[str, ShadowTally] = {}  # by API or splitter name, from its first mirror on
         self.upstream_in_flight: dict[Upstream, int] = {}
         self.api_in_flight: dict[str, int] = {}
         self._removal_listeners: list[Callable[[set[Upstream]], None]] = []
 
     # --- what the agent calls -------------------------------------------------------------------------
 
-    def set_route(self, api: str, endpoint: str, groups: Iterable[tuple[int, Sequence[Upstream]]]) -> None:
-        """Create or replace the route of `api`: one `(weight 0..100, ready replicas)` group per version."""
+    def set_route(
+        self,
+        api: str,
+        endpoint: str,
+        groups: Iterable[tuple[int, Sequence[Upstream]]],
+        *,
+        mirror: Mirror | None = None,
+    ) -> None:
+        """Create or replace the route of `api`: one `(weight 0..100, ready replicas)` group per version,
+        and optionally a mirror of a share of its requests."""
         built = []
         for weight, replicas in groups:
-            if not 0 <= weight <= 100:
-                raise ValueError(f"weight must be within 0..100, got {weight}")
+            _check_weight(weight)
             built.append(_Group(weight, replicas))
-        path = normalize_endpoint(endpoint)
-        key = path.encode()
-        other = self._by_endpoint.get(key)
-        if other is not None and other.api != api:
-            raise ValueError(f"endpoint {path} is already used by API {other.api}")
-        route = Route(api, path, built)
+        if api in self._splits:
+            raise ValueError(f"{api} is a traffic splitter, not an API")
+        path = self._free_endpoint(api, endpoint)
         old = self._routes.get(api)
+        route = Route(api, path, built, self._mirror_state(api, mirror, old))
         if old is not None and route.weights() == old.weights():
             route.carry_position(old)  # replica churn must not restart the rotation (it favours the heaviest)
-        if old is not None and old.endpoint != path:
-            del self._by_endpoint[old.endpoint.encode()]
         self._routes[api] = route
-        self._by_endpoint[key] = route
-        self._swap_refs(old, route)
+        self._place(route, old)
 
-    def remove_route(self, api: str) -> None:
-        """Forget `api`; requests already forwarded finish normally, new ones get 404."""
-        old = self._routes.pop(api, None)
+    def set_split(
+        self, name: str, endpoint: str, targets: Sequence[tuple[int, str]], *, mirror: Mirror | None = None
+    ) -> None:
+        """Create or replace traffic splitter `name`: `(weight 0..100, API name)` targets summing to 100.
+
+        Targets are looked up by name per request, so they may be deployed, updated or removed at any time
+        (a request for a target without a route gets 503).
+        """
+        targets = list(targets)
+        for weight, _ in targets:
+            _check_weight(weight)
+        if sum(w for w, _ in targets) != 100:
+            raise ValueError(f"traffic splitter weights must sum to 100, got {[w for w, _ in targets]}")
+        if name in self._routes:
+            raise ValueError(f"{name} is an API, not a traffic splitter")
+        path = self._free_endpoint(name, endpoint)
+        old = self._splits.get(name)
+        split = Split(name, path, targets, self._mirror_state(name, mirror, old))
+        if old is not None and old.targets == split.targets:
+            split.carry_position(old)
+        self._splits[name] = split
+        self._place(split, old)
+
+    def remove_route(self, name: str) -> None:
+        """Forget API or traffic splitter `name` (and its shadow report); requests already forwarded finish
+        normally, new ones get 404."""
+        old = self._routes.pop(name, None) or self._splits.pop(name, None)
+        self._tallies.pop(name, None)
         if old is not None:
             del self._by_endpoint[old.endpoint.encode()]
             self._swap_refs(old, None)
@@ -180,7 +316,15 @@ class RoutingTable:
     def route(self, api: str) -> Route | None:
         return self._routes.get(api)
 
-    def resolve(self, path: bytes) -> tuple[Route, bytes] | None:
+    def split(self, name: str) -> Split | None:
+        return self._splits.get(name)
+
+    def shadow_report(self, name: str) -> ShadowReport | None:
+        """Comparison counts of `name`'s mirrored requests since its mirror was first set; None if never."""
+        tally = self._tallies.get(name)
+        return tally.report(datetime.now(UTC)) if tally is not None else None
+
+    def resolve(self, path: bytes) -> tuple[Route | Split, bytes] | None:
         """The route for a request path and the path to forward: `/iris` -> `/`, `/iris/a` -> `/a`.
 
         Longest endpoint wins; each candidate is one dict lookup, cut at the path's slashes.
@@ -215,6 +359,19 @@ class RoutingTable:
         apis = self.api_in_flight
         apis[api] = apis.get(api, 0) + 1
 
+    def begin_mirror(self, upstream: Upstream) -> None:
+        """A mirrored copy went to `upstream`: counted for its drain, but not as a request of any API."""
+        counts = self.upstream_in_flight
+        counts[upstream] = counts.get(upstream, 0) + 1
+
+    def end_mirror(self, upstream: Upstream) -> None:
+        counts = self.upstream_in_flight
+        n = counts[upstream] - 1
+        if n:
+            counts[upstream] = n
+        else:
+            del counts[upstream]
+
     def end(self, api: str, upstream: Upstream) -> None:
         """That request finished, failed or was abandoned. Zero counts are dropped so the dicts stay small."""
         counts = self.upstream_in_flight
@@ -230,7 +387,33 @@ class RoutingTable:
         else:
             del apis[api]
 
-    def _swap_refs(self, old: Route | None, new: Route | None) -> None:
+    def _free_endpoint(self, name: str, endpoint: str) -> str:
+        """`endpoint` normalized, or ValueError when another API or splitter serves it."""
+        path = normalize_endpoint(endpoint)
+        other = self._by_endpoint.get(path.encode())
+        if other is not None and other.api != name:
+            raise ValueError(f"endpoint {path} is already used by {other.api}")
+        return path
+
+    def _mirror_state(
+        self, name: str, mirror: Mirror | None, old: Route | Split | None
+    ) -> MirrorState | None:
+        if mirror is None:
+            return None
+        if not 0 < mirror.share <= 1:
+            raise ValueError(f"mirror share must be within (0, 1], got {mirror.share}")
+        tally = self._tallies.get(name)
+        if tally is None:
+            tally = self._tallies[name] = ShadowTally(DURATION_BUCKETS, datetime.now(UTC))
+        return MirrorState(mirror, tally, old.mirror if old is not None else None)
+
+    def _place(self, entry: Route | Split, old: Route | Split | None) -> None:
+        if old is not None and old.endpoint != entry.endpoint:
+            del self._by_endpoint[old.endpoint.encode()]
+        self._by_endpoint[entry.endpoint.encode()] = entry
+        self._swap_refs(old, entry)
+
+    def _swap_refs(self, old: Route | Split | None, new: Route | Split | None) -> None:
         refs = self._refs
         if new is not None:
             for u in new.upstreams():
