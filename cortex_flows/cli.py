@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cortex_flows.backends.base import ApiStatus, BackendError
+from cortex_flows.backends.base import ApiStatus, BackendError, SplitterSpec
 from cortex_flows.backends.local.client import LocalBackend, running_agent, start_agent, stop_agent
 from cortex_flows.backends.local.home import LocalHome
 
@@ -221,12 +221,25 @@ def cmd_get(args: argparse.Namespace) -> int:
     for col in ("api", "status", "live", "up-to-date", "last update", "endpoint"):
         table.add_column(col)
     for s in statuses:
-        table.add_row(s.name, s.state.value, f"{s.ready}/{s.requested}", str(s.up_to_date), _since(s.last_update),
-                      backend.endpoint_url(s.endpoint))  # fmt: skip
+        live, current = ("-", "-") if s.splitter else (f"{s.ready}/{s.requested}", str(s.up_to_date))
+        table.add_row(s.name, s.state.value, live, current, _since(s.last_update), backend.endpoint_url(s.endpoint))
     _print_table(table)
-    if args.name:
+    if args.name and statuses[0].splitter:
+        _print_splitter(statuses[0].splitter)
+    elif args.name:
         _print_versions(statuses[0], asyncio.run(backend.history(args.name)))
     return 0
+
+
+def _print_splitter(split: SplitterSpec) -> None:
+    targets = Table(title="traffic splitter", box=None, header_style="bold", title_justify="left")
+    for col in ("api", "weight", "shadow"):
+        targets.add_column(col)
+    for api, weight in split.weights.items():
+        targets.add_row(api, f"{weight}%", "")
+    if split.shadow:
+        targets.add_row(split.shadow, f"{split.shadow_percent}% mirrored", "yes")
+    _print_table(targets)
 
 
 def _print_versions(status: ApiStatus, history: list[Any]) -> None:

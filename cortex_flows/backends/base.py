@@ -19,6 +19,7 @@ from cortex_flows.serving.config import ReplicaConfig
 
 if TYPE_CHECKING:
     from cortex_flows.rollout.analysis import ArmMetrics
+    from cortex_flows.rollout.shadow import ShadowReport
 
 
 class BackendError(Exception):
@@ -50,6 +51,21 @@ class VersionSpec(BaseModel):
     spec: dict = Field(default_factory=dict)  # the API spec as deployed, for history and `get -v`
     restart: str = ""  # set by `refresh`: part of the pod hash, kept by later deploys (Cortex's DeploymentID)
     target_replicas: int | None = None  # replicas its rollout aims for, so an interrupted one can resume
+
+
+class SplitterSpec(BaseModel):
+    """A TrafficSplitter as a backend routes it: an endpoint whose requests go to other APIs by weight."""
+
+    name: str
+    endpoint: str
+    weights: dict[str, int]  # API name -> percent of requests (summing to 100)
+    shadow: str | None = None  # an API receiving a copy of `shadow_percent` of the requests
+    shadow_percent: int = 0
+    spec_hash: str
+
+    @property
+    def targets(self) -> list[str]:
+        return [*self.weights, *([self.shadow] if self.shadow else [])]
 
 
 class Outcome(StrEnum):
@@ -125,7 +141,10 @@ class ApiStatus(BaseModel):
     versions: list[VersionStatus]
     last_update: datetime
     mirror: int | None = None  # revision receiving a shadow copy of traffic, if any
+    mirror_share: float = 0.0  # the share of requests copied to it
     autoscaling: AutoscalingStatus | None = None
+    kind: str = "RealtimeAPI"
+    splitter: SplitterSpec | None = None  # a TrafficSplitter's routing (it has no versions)
 
     @property
     def requested(self) -> int:
@@ -249,8 +268,20 @@ class Backend(Protocol):
     ) -> None:
         """Create the version if absent (else update its replica count and in-place settings)."""
 
-    async def set_traffic(self, api: str, weights: dict[int, int], mirror: int | None = None) -> None:
-        """Route traffic by revision -> weight (summing to 100); optionally mirror to one revision."""
+    async def set_traffic(
+        self, api: str, weights: dict[int, int], mirror: int | None = None, mirror_share: float = 0.0
+    ) -> None:
+        """Route traffic by revision -> weight (summing to 100); optionally copy `mirror_share` of the
+        requests to one revision (shadow: its responses are compared with the served ones, then dropped)."""
+
+    async def shadow_report(self, name: str) -> ShadowReport | None:
+        """Cumulative comparison of the mirrored requests of an API or splitter with the responses served
+        (agreement, latencies, shadow errors); None when it never mirrored. Two reports' `since` is the
+        window between them."""
+
+    async def apply_splitter(self, splitter: SplitterSpec) -> None:
+        """Create or update a TrafficSplitter. Raises BackendError (not transient) when a target is not a
+        deployed API, or the name or endpoint is taken."""
 
     async def probe(self, api: str, revision: int, payload: object | None) -> tuple[int, str]:
         """(status, body) of one request to a ready replica of the revision, bypassing traffic weights:
@@ -296,7 +327,8 @@ class Backend(Protocol):
         """The last lines of the API's replica logs."""
 
     async def delete_api(self, api: str) -> bool:
-        """Stop and forget the API; False if it did not exist."""
+        """Stop and forget the API or TrafficSplitter; False if it did not exist. Refused (BackendError,
+        not transient) for an API a splitter sends traffic to."""
 
 
 def summarize(versions: list[VersionStatus]) -> ApiState:

@@ -1,11 +1,12 @@
-"""Turn an API's spec and its stored package into the VersionSpec a backend runs."""
+"""Turn specs into what a backend runs: an API's spec and stored package into a VersionSpec, a
+TrafficSplitter's spec into a SplitterSpec."""
 
 from __future__ import annotations
 
-from cortex_flows.backends.base import VersionSpec
+from cortex_flows.backends.base import SplitterSpec, VersionSpec
 from cortex_flows.rollout.plan import DeployPlan
 from cortex_flows.serving.config import HandlerRef, PackageRef, ReplicaConfig, S3Access
-from cortex_flows.spec import RealtimeAPI, pod_hash, spec_hash
+from cortex_flows.spec import RealtimeAPI, TrafficSplitter, pod_hash, spec_hash, splitter_spec_hash
 
 
 def version_spec(api: RealtimeAPI, package: PackageRef, plan: DeployPlan, s3: S3Access | None = None) -> VersionSpec:
@@ -39,4 +40,16 @@ def version_spec(api: RealtimeAPI, package: PackageRef, plan: DeployPlan, s3: S3
         spec=api.model_dump(mode="json"),
         restart=plan.restart,
         target_replicas=plan.replicas,
+    )
+
+
+def splitter_spec(splitter: TrafficSplitter) -> SplitterSpec:
+    shadow = splitter.shadow
+    return SplitterSpec(
+        name=splitter.name,
+        endpoint=splitter.endpoint,
+        weights=splitter.weights,
+        shadow=shadow.name if shadow else None,
+        shadow_percent=shadow.weight if shadow else 0,
+        spec_hash=splitter_spec_hash(splitter),
     )

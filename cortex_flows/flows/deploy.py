@@ -1,4 +1,5 @@
-"""The deploy flow: spec -> package -> store -> (per API, concurrently) a rolling update to the spec."""
+"""The deploy flow: spec -> package -> store -> (per API, concurrently) a rolling update to the spec, then
+the project's TrafficSplitters, routed once the APIs they name serve."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from prefect import flow
 
 from cortex_flows.flows.rollouts import Rollout, run_rollouts
 from cortex_flows.tasks.clusters import load_cluster
-from cortex_flows.tasks.deploy import build, load_project, store
+from cortex_flows.tasks.deploy import build, check_splitters, load_project, route_splitter, store
 
 
 @flow(name="deploy", flow_run_name="deploy {path}", log_prints=True)
@@ -32,13 +33,20 @@ def deploy(
             (else fail at once).
 
     Returns:
-        API name -> endpoint URL.
+        API or splitter name -> endpoint URL.
     """
     target = load_cluster(cluster)
     project = load_project(path)
-    package = store(build(project), target)
-    return run_rollouts(
-        "deploy", [Rollout(api, package) for api in project.apis], target, project_dir=project.project_dir,
-        timeout=timeout, smoke_payload=smoke_payload, wait_for_others=wait,
-        notices=[f"{n.path}: {n.message}" for n in project.notices], source=f"of `{project.file}`",
-    )  # fmt: skip
+    if project.splitters:
+        check_splitters.submit(project, target).result()
+    urls: dict[str, str] = {}
+    if project.realtime_apis:
+        package = store(build(project), target)
+        urls = run_rollouts(
+            "deploy", [Rollout(api, package) for api in project.realtime_apis], target,
+            project_dir=project.project_dir, timeout=timeout, smoke_payload=smoke_payload, wait_for_others=wait,
+            notices=[f"{n.path}: {n.message}" for n in project.notices], source=f"of `{project.file}`",
+        )  # fmt: skip
+    for splitter in project.splitters:
+        urls[splitter.name] = route_splitter.submit(splitter, target).result()
+    return urls

@@ -8,13 +8,13 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from cortex_flows.backends.base import Outcome
-from cortex_flows.backends.versions import version_spec
+from cortex_flows.backends.versions import splitter_spec, version_spec
 from cortex_flows.blocks import CortexCluster
 from cortex_flows.packaging.build import BuiltPackage, build_package
 from cortex_flows.packaging.store import store_from_uri
 from cortex_flows.rollout.plan import Action, DeployPlan, LiveVersion, plan_deploy
 from cortex_flows.serving.config import PackageRef
-from cortex_flows.spec import ProjectSpec, RealtimeAPI, load_spec, pod_hash, spec_hash
+from cortex_flows.spec import ProjectSpec, RealtimeAPI, TrafficSplitter, load_spec, pod_hash, spec_hash
 from cortex_flows.tasks.clusters import replica_aws_access, s3_client
 from cortex_flows.tasks.retry import INFRA_RETRIES
 
@@ -110,3 +110,29 @@ async def finish(api_name: str, decided: DeployPlan, cluster: CortexCluster) -> 
     for revision in decided.previous:
         await backend.remove_version(api_name, revision, Outcome.SUPERSEDED)
     await backend.record_outcome(api_name, decided.revision, Outcome.LIVE)
+
+
+@task(task_run_name="check splitter targets", **INFRA_RETRIES)
+async def check_splitters(project: ProjectSpec, cluster: CortexCluster) -> None:
+    """Before anything changes: every API a splitter names is in the project or already deployed."""
+    backend = cluster.get_backend()
+    in_file = {api.name for api in project.realtime_apis}
+    for splitter in project.splitters:
+        for target in splitter.apis:
+            if target.name in in_file:
+                continue
+            status = await backend.status(target.name)
+            if status is None or status.kind != "RealtimeAPI":
+                what = "is not deployed" if status is None else f"is a {status.kind}"
+                raise ValueError(
+                    f"{project.file}: {splitter.name}.apis: {target.name!r} {what}; a TrafficSplitter sends traffic "
+                    f"only to RealtimeAPIs that are deployed or in the same file"
+                )
+
+
+@task(task_run_name="route {splitter.name}", **INFRA_RETRIES)
+async def route_splitter(splitter: TrafficSplitter, cluster: CortexCluster) -> str:
+    """Create or update the splitter's route; returns its URL."""
+    backend = cluster.get_backend()
+    await backend.apply_splitter(splitter_spec(splitter))
+    return backend.endpoint_url(splitter.endpoint)

@@ -23,11 +23,13 @@ from pathlib import Path
 import httpx
 
 from cortex_flows.backends.base import (
+    ApiState,
     ApiStatus,
     BackendError,
     NotFound,
     Outcome,
     Revision,
+    SplitterSpec,
     VersionMetrics,
     VersionSpec,
     VersionStatus,
@@ -36,14 +38,23 @@ from cortex_flows.backends.base import (
 from cortex_flows.backends.local.autoscaler import DEFAULT_TICK_SECONDS, Autoscaler, Unit, WakingTable
 from cortex_flows.backends.local.gateway import Gateway, RoutingTable, Upstream
 from cortex_flows.backends.local.home import AgentInfo, LocalHome, write_private
+from cortex_flows.backends.local.routing import Mirror
 from cortex_flows.backends.local.scrape import (
     INTERVAL_ENV,
     SCRAPE_INTERVAL,
     MetricsCollector,
     interval_from_env,
 )
-from cortex_flows.backends.local.state import ApiRecord, VersionState, load_state, now, save_state
+from cortex_flows.backends.local.state import (
+    ApiRecord,
+    SplitterRecord,
+    VersionState,
+    load_state,
+    now,
+    save_state,
+)
 from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS, Supervisor, log_tail
+from cortex_flows.rollout.shadow import ShadowReport
 from cortex_flows.spec import RealtimeAPI
 
 log = logging.getLogger("cortex_flows.agent")
@@ -156,13 +167,27 @@ class Agent:
         return self.gateway.in_flight(upstream)
 
     def _publish(self, api: str) -> None:
-        """Point the gateway at the ready replicas of each weighted version of the API."""
+        """Point the gateway at the ready replicas of each weighted version of the API (and of the
+        version receiving a copy of the traffic, if any)."""
         rec = self.state.apis.get(api)
         if rec is None:
             self.table.remove_route(api)
             return
         groups = [(w, self.supervisor.ready_upstreams(api, rev)) for rev, w in sorted(rec.weights.items())]
-        self.table.set_route(api, rec.endpoint, groups)
+        mirror = None
+        if rec.mirror is not None and rec.mirror_share > 0:
+            mirror = Mirror(rec.mirror_share, tuple(self.supervisor.ready_upstreams(api, rec.mirror)))
+        self.table.set_route(api, rec.endpoint, groups, mirror=mirror)
+
+    def _publish_split(self, name: str) -> None:
+        split = self.state.splitters[name].spec
+        mirror = Mirror(split.shadow_percent / 100, split.shadow) if split.shadow else None
+        self.table.set_split(name, split.endpoint, [(w, api) for api, w in split.weights.items()], mirror=mirror)
+
+    def _endpoint_owner(self, endpoint: str) -> str | None:
+        """The API or splitter serving `endpoint`, if any."""
+        owners = [*self.state.apis.values(), *(s.spec for s in self.state.splitters.values())]
+        return next((o.name for o in owners if o.endpoint == endpoint), None)
 
     async def _converge(self, api: str, revision: int, grace: float = DEFAULT_GRACE_SECONDS) -> None:
         rec = self._record(api)
@@ -180,6 +205,8 @@ class Agent:
             self._publish(api)
             for revision in rec.versions:
                 await self._converge(api, revision)
+        for name in self.state.splitters:
+            self._publish_split(name)
 
     # -- operations of the Backend protocol -------------------------------------------------------
 
@@ -188,9 +215,11 @@ class Agent:
     ) -> None:
         async with self._lock(api):
             rec = self.state.apis.get(api)
-            clash = next((r for r in self.state.apis.values() if r.endpoint == spec.endpoint), None)
-            if clash is not None and clash.name != api:
-                raise BackendError(f"endpoint {spec.endpoint} is already used by API {clash.name!r}", status=409)
+            if api in self.state.splitters:
+                raise BackendError(f"{api!r} is a TrafficSplitter; give the API another name", status=422)
+            owner = self._endpoint_owner(spec.endpoint)
+            if owner is not None and owner != api:
+                raise BackendError(f"endpoint {spec.endpoint} is already used by {owner!r}", status=409)
             if rec is None:
                 rec = self.state.apis[api] = ApiRecord(name=api, endpoint=spec.endpoint)
             current = rec.versions.get(spec.revision)
@@ -214,7 +243,7 @@ class Agent:
             self._publish(api)
             await self._converge(api, spec.revision)
 
-    async def set_traffic(self, api: str, weights: dict[int, int], mirror: int | None) -> None:
+    async def set_traffic(self, api: str, weights: dict[int, int], mirror: int | None, mirror_share: float) -> None:
         async with self._lock(api):
             rec = self._record(api)
             unknown = set(weights) - set(rec.versions)
@@ -222,7 +251,10 @@ class Agent:
                 raise BackendError(f"unknown revision(s) {sorted(unknown) or [mirror]} for {api!r}", status=400)
             if sum(weights.values()) != 100 or any(w < 0 for w in weights.values()):
                 raise BackendError(f"weights must be >= 0 and sum to 100, got {weights}", status=400)
+            if not 0 <= mirror_share <= 1:
+                raise BackendError(f"mirror_share must be within 0..1, got {mirror_share}", status=400)
             rec.weights, rec.mirror = dict(weights), mirror
+            rec.mirror_share = mirror_share if mirror is not None else 0.0
             rec.last_update = now()
             self._save()
             self._publish(api)
@@ -275,7 +307,41 @@ class Agent:
             self._record(api).set_outcome(revision, outcome)
             self._save()
 
+    async def apply_splitter(self, split: SplitterSpec) -> None:
+        async with self._lock(split.name):
+            kind = "TrafficSplitter"
+            if split.name in self.state.apis:
+                raise BackendError(f"{split.name!r} is a RealtimeAPI; give the {kind} another name", status=422)
+            missing = [name for name in split.targets if name not in self.state.apis]
+            if missing:
+                raise BackendError(
+                    f"{kind} {split.name!r}: {', '.join(map(repr, missing))} not deployed; a splitter sends traffic "
+                    f"only to deployed RealtimeAPIs (deploy them first, or in the same cortex.yaml)",
+                    status=422,
+                )
+            owner = self._endpoint_owner(split.endpoint)
+            if owner is not None and owner != split.name:
+                raise BackendError(f"endpoint {split.endpoint} is already used by {owner!r}", status=422)
+            self.state.splitters[split.name] = SplitterRecord(spec=split)
+            self._save()
+            self._publish_split(split.name)
+
+    def _users(self, api: str) -> list[str]:
+        """Splitters that send traffic (or a shadow copy) to `api`."""
+        return sorted(name for name, rec in self.state.splitters.items() if api in rec.spec.targets)
+
     async def delete_api(self, api: str) -> bool:
+        if self.state.splitters.pop(api, None) is not None:
+            self._save()
+            self.table.remove_route(api)
+            return True
+        if users := self._users(api):
+            names = ", ".join(map(repr, users))
+            raise BackendError(
+                f"cannot delete {api!r}: TrafficSplitter {names} sends traffic to it; delete the splitter first, "
+                f"or deploy it without {api!r}",
+                status=422,
+            )
         async with self._lock(api):
             rec = self.state.apis.pop(api, None)
             if rec is None:
@@ -288,7 +354,13 @@ class Agent:
             (self.home.secrets / f"{api}.json").unlink(missing_ok=True)
             return True
 
+    def names(self) -> list[str]:
+        """Every API and TrafficSplitter, by name."""
+        return sorted([*self.state.apis, *self.state.splitters])
+
     def status(self, api: str) -> ApiStatus:
+        if api in self.state.splitters:
+            return self._splitter_status(api)
         rec = self._record(api)
         versions = []
         for revision, v in sorted(rec.versions.items()):
@@ -305,8 +377,23 @@ class Agent:
         single = versions[0].autoscaling if len(versions) == 1 else None
         return ApiStatus(
             name=api, endpoint=rec.endpoint, state=summarize(versions), versions=versions,
-            last_update=rec.last_update, mirror=rec.mirror, autoscaling=single,
+            last_update=rec.last_update, mirror=rec.mirror, mirror_share=rec.mirror_share, autoscaling=single,
         )  # fmt: skip
+
+    def _splitter_status(self, name: str) -> ApiStatus:
+        """A splitter is live when every API it sends traffic to is; else it shows the worst of theirs."""
+        rec = self.state.splitters[name]
+        states = [self.status(api).state for api in rec.spec.weights if api in self.state.apis]
+        worst = next((s for s in (ApiState.ERROR, ApiState.UPDATING, ApiState.STOPPED) if s in states), ApiState.LIVE)
+        return ApiStatus(
+            name=name, endpoint=rec.spec.endpoint, state=worst, versions=[], last_update=rec.last_update,
+            kind="TrafficSplitter", splitter=rec.spec,
+        )  # fmt: skip
+
+    def shadow_report(self, name: str) -> ShadowReport | None:
+        if name not in self.state.apis and name not in self.state.splitters:
+            raise NotFound(f"{name!r} is not deployed")
+        return self.table.shadow_report(name)
 
     async def probe(self, api: str, revision: int, payload: object | None) -> tuple[int, str]:
         self._record(api)

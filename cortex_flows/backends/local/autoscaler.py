@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from cortex_flows.autoscaling.recommend import Decision, History, Settings, recommend
 from cortex_flows.backends.base import AutoscalingStatus
-from cortex_flows.backends.local.routing import RoutingTable, Upstream
+from cortex_flows.backends.local.routing import Mirror, RoutingTable, Upstream
 from cortex_flows.spec import RealtimeAPI
 
 log = logging.getLogger("cortex_flows.autoscaler")
@@ -64,8 +64,10 @@ class WakingTable(RoutingTable):
         self.wake: Callable[[str], None] = lambda api: None  # set by the agent
         self._ready: dict[str, asyncio.Event] = {}
 
-    def set_route(self, api: str, endpoint: str, groups: Iterable[tuple[int, Sequence[Upstream]]]) -> None:
-        super().set_route(api, endpoint, groups)
+    def set_route(
+        self, api: str, endpoint: str, groups: Iterable[tuple[int, Sequence[Upstream]]], *, mirror: Mirror | None = None
+    ) -> None:
+        super().set_route(api, endpoint, groups, mirror=mirror)
         event = self._ready.get(api)
         route = self.route(api)
         if event is not None and route is not None and route.pick(self.upstream_in_flight) is not None:

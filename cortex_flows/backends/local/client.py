@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -24,6 +24,7 @@ from cortex_flows.backends.base import (
     NotFound,
     Outcome,
     Revision,
+    SplitterSpec,
     VersionMetrics,
     VersionSpec,
 )
@@ -31,6 +32,9 @@ from cortex_flows.backends.local.home import AgentInfo, LocalHome, default_gatew
 from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS
 from cortex_flows.packaging.dependencies import PIP_TIMEOUT_SECONDS
 from cortex_flows.processes import pid_alive
+
+if TYPE_CHECKING:
+    from cortex_flows.rollout.shadow import ShadowReport
 
 PREPARE_LOGGER = "cortex_flows.serving"
 log = logging.getLogger("cortex_flows.local")
@@ -186,8 +190,20 @@ class LocalBackend:
         body = {"version": version.model_dump(mode="json"), "replicas": replicas, "secret_env": secret_env}
         await self._call("PUT", f"/v1/apis/{api}/versions/{version.revision}", json=body)
 
-    async def set_traffic(self, api: str, weights: dict[int, int], mirror: int | None = None) -> None:
-        await self._call("PUT", f"/v1/apis/{api}/traffic", json={"weights": weights, "mirror": mirror})
+    async def set_traffic(
+        self, api: str, weights: dict[int, int], mirror: int | None = None, mirror_share: float = 0.0
+    ) -> None:
+        body = {"weights": weights, "mirror": mirror, "mirror_share": mirror_share}
+        await self._call("PUT", f"/v1/apis/{api}/traffic", json=body)
+
+    async def shadow_report(self, name: str) -> ShadowReport | None:
+        from cortex_flows.rollout.shadow import ShadowReport
+
+        resp = await self._call("GET", f"/v1/apis/{name}/shadow")
+        return None if resp.content == b"null" else ShadowReport.model_validate_json(resp.content)
+
+    async def apply_splitter(self, splitter: SplitterSpec) -> None:
+        await self._call("PUT", f"/v1/splitters/{splitter.name}", json=splitter.model_dump(mode="json"))
 
     async def probe(self, api: str, revision: int, payload: object | None) -> tuple[int, str]:
         body = None if payload is None else {"payload": payload}

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from cortex_flows.backends.base import BackendError, NotFound, Outcome, VersionSpec
+from cortex_flows.backends.base import BackendError, NotFound, Outcome, SplitterSpec, VersionSpec
 from cortex_flows.backends.local.agent import Agent
 
 
@@ -26,6 +26,7 @@ class ApplyBody(BaseModel):
 class TrafficBody(BaseModel):
     weights: dict[int, int]
     mirror: int | None = None
+    mirror_share: float = 0.0
 
 
 class ScaleBody(BaseModel):
@@ -57,10 +58,10 @@ def control_app(agent: Agent, token: str, stop: asyncio.Event) -> Starlette:
         return endpoint
 
     async def info(request: Request) -> Response:
-        return JSONResponse({"apis": len(agent.state.apis), "gateway_port": agent.gateway.port})
+        return JSONResponse({"apis": len(agent.names()), "gateway_port": agent.gateway.port})
 
     async def list_apis(request: Request) -> Response:
-        return JSONResponse([agent.status(name).model_dump(mode="json") for name in sorted(agent.state.apis)])
+        return JSONResponse([agent.status(name).model_dump(mode="json") for name in agent.names()])
 
     async def get_api(request: Request) -> Response:
         return JSONResponse(agent.status(request.path_params["api"]).model_dump(mode="json"))
@@ -92,7 +93,7 @@ def control_app(agent: Agent, token: str, stop: asyncio.Event) -> Starlette:
 
     async def traffic(request: Request) -> Response:
         body = TrafficBody.model_validate_json(await request.body())
-        await agent.set_traffic(request.path_params["api"], body.weights, body.mirror)
+        await agent.set_traffic(request.path_params["api"], body.weights, body.mirror, body.mirror_share)
         return JSONResponse({"ok": True})
 
     async def probe(request: Request) -> Response:
@@ -106,6 +107,17 @@ def control_app(agent: Agent, token: str, stop: asyncio.Event) -> Starlette:
         result = await agent.version_metrics(request.path_params["api"], request.path_params["rev"])
         # model_dump_json, not JSONResponse: the +Inf latency bucket is not JSON, pydantic writes "Infinity"
         return Response(result.model_dump_json(), media_type="application/json")
+
+    async def shadow(request: Request) -> Response:
+        report = agent.shadow_report(request.path_params["api"])
+        return Response("null" if report is None else report.model_dump_json(), media_type="application/json")
+
+    async def splitter(request: Request) -> Response:
+        body = SplitterSpec.model_validate_json(await request.body())
+        if body.name != request.path_params["name"]:
+            raise ValueError("splitter name in path and body differ")
+        await agent.apply_splitter(body)
+        return JSONResponse({"ok": True})
 
     async def history(request: Request) -> Response:
         revisions = agent.history(request.path_params["api"])
@@ -129,6 +141,8 @@ def control_app(agent: Agent, token: str, stop: asyncio.Event) -> Starlette:
         Route(api, guarded(delete_api), methods=["DELETE"]),
         Route(api + "/traffic", guarded(traffic), methods=["PUT"]),
         Route(api + "/history", guarded(history)),
+        Route(api + "/shadow", guarded(shadow)),
+        Route("/v1/splitters/{name:str}", guarded(splitter), methods=["PUT"]),
         Route(api + "/logs", guarded(logs)),
         Route(version, guarded(apply), methods=["PUT"]),
         Route(version, guarded(remove), methods=["DELETE"]),

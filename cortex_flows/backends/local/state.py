@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from cortex_flows.backends.base import Outcome, Revision, VersionSpec
+from cortex_flows.backends.base import Outcome, Revision, SplitterSpec, VersionSpec
 
 HISTORY_LIMIT = 10
 
@@ -36,6 +36,7 @@ class ApiRecord(BaseModel):
     versions: dict[int, VersionState] = Field(default_factory=dict)
     weights: dict[int, int] = Field(default_factory=dict)
     mirror: int | None = None
+    mirror_share: float = 0.0
     history: list[Revision] = Field(default_factory=list)  # newest first
     last_update: datetime = Field(default_factory=now)
 
@@ -59,10 +60,18 @@ class ApiRecord(BaseModel):
                 entry.outcome = outcome
 
 
+class SplitterRecord(BaseModel):
+    """A TrafficSplitter the gateway routes."""
+
+    spec: SplitterSpec
+    last_update: datetime = Field(default_factory=now)
+
+
 class AgentState(BaseModel):
     """Everything the agent must bring back after a restart."""
 
     apis: dict[str, ApiRecord] = Field(default_factory=dict)
+    splitters: dict[str, SplitterRecord] = Field(default_factory=dict)
 
 
 def load_state(path: os.PathLike[str]) -> AgentState:
