@@ -30,9 +30,18 @@ from cortex_flows.rollout.canary import (
     render_plan,
 )
 from cortex_flows.rollout.plan import Action as DeployAction
+from cortex_flows.rollout.shadow import ShadowPolicy
 from cortex_flows.rollout.windows import is_open, next_open
 from cortex_flows.spec import RealtimeAPI
-from cortex_flows.tasks.canary import arm_metrics, bake, live_replicas, move, promote, roll_back
+from cortex_flows.tasks.canary import (
+    arm_metrics,
+    bake,
+    live_replicas,
+    move,
+    promote,
+    roll_back,
+    shadow_report,
+)
 from cortex_flows.tasks.clusters import load_cluster
 from cortex_flows.tasks.deploy import apply, build, load_project, plan, prepare, store
 from cortex_flows.tasks.rollout import RolloutFailed, smoke_test
@@ -87,8 +96,6 @@ def canary_rollout(
     spec = project.select(api)
     policy = apply_overrides(spec.canary, {"steps": steps, "bake": bake_time, "analysis_interval": analysis_interval,
                                            "min_samples": min_samples, "inconclusive": inconclusive})  # fmt: skip
-    if policy.shadow > 0:
-        raise ValueError(f"{spec.name}: canary.shadow is not supported yet (mirroring traffic is not built)")
     package = store(build(project), target)
     backend = target.get_backend()
     with backend.hold(spec.name, wait=wait, what=f"canary of {spec.name}"):
@@ -159,9 +166,10 @@ def _run(
         elif decision.action is Action.ADVANCE:
             index, extensions = decision.step_index, 0
             step = steps_plan.steps[index]
-            _call(move, name, revisions, step.weight, (step.stable_replicas, step.candidate_replicas), cluster, deadline)
+            _call(move, name, revisions, step.weight, (step.stable_replicas, step.candidate_replicas), cluster, deadline,
+                  step.mirror)  # fmt: skip
             step_started = time.monotonic()
-            _event("cortex.canary.step", name, candidate, {"weight": step.weight, "step": index + 1})
+            _event("cortex.canary.step", name, candidate, {"weight": step.weight, "mirror": step.mirror, "step": index + 1})
             update_progress_artifact(progress, 100.0 * index / len(steps_plan.steps))
         else:
             extensions = decision.extensions  # EXTEND / HOLD: bake the same step again
@@ -205,11 +213,16 @@ def _bake(
     baseline = _call(arm_metrics, name, revisions, cluster)
     if step.weight == 100:  # the stable takes no traffic now: compare with what it answered earlier
         baseline = (reference, baseline[1])
+    shadow = None
+    if step.shadow:  # the candidate answers copies of the stable's requests: compare the answers too
+        shadow = ShadowPolicy(_call(shadow_report, name, cluster), policy.min_samples, policy.min_agreement,
+                              policy.max_latency_ratio)  # fmt: skip
+    label = f"shadow {step.mirror:.0%}" if step.shadow else f"{step.weight}%"
     verdict = None
     for analysis in range(1, step.analyses + 1):
         verdict = _call(bake, name, revisions, baseline, step.weight, policy.analysis_interval_seconds, thresholds,
-                       final, cluster)  # fmt: skip
-        ledger.append(verdict.as_row(step=f"{step.weight}%", analysis=f"{analysis}/{step.analyses}",
+                       final, cluster, shadow)  # fmt: skip
+        ledger.append(verdict.as_row(step=label, analysis=f"{analysis}/{step.analyses}",
                                      extension=str(extensions), at=datetime.now(UTC).strftime("%H:%M:%S")))  # fmt: skip
         if verdict.outcome == "fail":
             break

@@ -180,6 +180,7 @@ class Verdict:
             "p95": _latency_cell(s, "p95"),
             "p99": _latency_cell(s, "p99"),
             "drift": "; ".join(drift) or "-",
+            **({"agreement": _agreement_cell(s)} if s.get("shadow_compared") is not None else {}),
             "reasons": "; ".join(self.reasons),
         }
 
@@ -368,6 +369,18 @@ def analyse(
         *_class_drift(stable, candidate, t, out),
         *_value_drift(stable, candidate, t, out),
     ]
+    return _decide(checks, t, out, final_step=final_step)
+
+
+def with_check(verdict: Verdict, check: Check, stats: Mapping[str, Stat], thresholds: Thresholds, *,
+               final_step: bool) -> Verdict:  # fmt: skip
+    """The verdict with one more check judged elsewhere (a shadow step's response comparison), decided
+    again by the same rule as `analyse`."""
+    return _decide([*verdict.checks, check], thresholds, {**verdict.stats, **stats}, final_step=final_step)
+
+
+def _decide(checks: list[Check], t: Thresholds, out: dict[str, Stat], *, final_step: bool) -> Verdict:
+    """Rollback if any check failed; else the inconclusive policy if any had too few samples; else on."""
     failed = [c for c in checks if c.status is Status.FAIL]
     thin = [c for c in checks if c.status is Status.THIN]
     if failed:
@@ -537,6 +550,11 @@ def _pct(rate: Stat) -> str:
 
 def _ms(seconds: Stat) -> str:
     return "-" if seconds is None else f"{float(seconds) * 1000:.3g} ms"
+
+
+def _agreement_cell(s: Mapping[str, Stat]) -> str:
+    rate = s.get("shadow_agreement")
+    return f"{_pct(rate)} ({s['shadow_agreed']}/{s['shadow_compared']})" if rate is not None else "-"
 
 
 def _latency_cell(s: Mapping[str, Stat], name: str) -> str:

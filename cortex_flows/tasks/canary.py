@@ -13,7 +13,8 @@ from prefect import get_run_logger, task
 
 from cortex_flows.backends.base import Outcome, VersionMetrics
 from cortex_flows.blocks import CortexCluster
-from cortex_flows.rollout.analysis import Thresholds, Verdict, analyse
+from cortex_flows.rollout.analysis import Thresholds, Verdict, analyse, with_check
+from cortex_flows.rollout.shadow import ShadowPolicy, ShadowReport, shadow_check
 from cortex_flows.tasks.retry import INFRA_RETRIES
 from cortex_flows.tasks.rollout import RolloutFailed, scale_down, scale_up, shift_traffic
 
@@ -46,27 +47,41 @@ async def bake(
     thresholds: Thresholds,
     final_step: bool,
     cluster: CortexCluster,
+    shadow: ShadowPolicy | None = None,
 ) -> Verdict:
-    """Wait one analysis interval, then judge everything the two arms answered since the step began."""
+    """Wait one analysis interval, then judge everything the two arms answered since the step began;
+    on a shadow step also the candidate's responses against the stable's for the same requests."""
     await asyncio.sleep(seconds)
     stable, candidate = await arm_metrics(api, revisions, cluster)
     verdict = analyse(
         stable.since(baseline[0]).as_arm(), candidate.since(baseline[1]).as_arm(), thresholds, final_step=final_step
     )
+    if shadow is not None:
+        report = await cluster.get_backend().shadow_report(api)
+        check, stats = shadow_check(report.since(shadow.baseline) if report else None, shadow)
+        verdict = with_check(verdict, check, stats, thresholds, final_step=final_step)
     get_run_logger().info("%s at %d%%: %s (%s)", api, weight, verdict.decision, "; ".join(verdict.reasons))
     return verdict
 
 
 @task(task_run_name="move {api} to {weight}%")
 async def move(
-    api: str, revisions: tuple[int, int], weight: int, replicas: tuple[int, int], cluster: CortexCluster, deadline: float
-) -> None:
-    """Scale the candidate for the step and wait for it, then move traffic, then shrink the stable. The
-    counts are the arms' floors: each arm autoscales above its floor on its own load meanwhile."""
+    api: str, revisions: tuple[int, int], weight: int, replicas: tuple[int, int], cluster: CortexCluster,
+    deadline: float, mirror: float = 0.0,
+) -> None:  # fmt: skip
+    """Scale the candidate for the step and wait for it, then move traffic (and copy `mirror` of the
+    requests to the candidate), then shrink the stable. The counts are the arms' floors: each arm
+    autoscales above its floor on its own load meanwhile."""
     stable, candidate = revisions
     await scale_up(api, candidate, replicas[1], cluster, deadline, arm=True)
-    await shift_traffic(api, {stable: 100 - weight, candidate: weight} if weight < 100 else {candidate: 100}, cluster)
+    weights = {stable: 100 - weight, candidate: weight} if weight < 100 else {candidate: 100}
+    await shift_traffic(api, weights, cluster, candidate if mirror else None, mirror)
     await scale_down(api, stable, replicas[0], cluster, arm=True)
+
+
+@task(task_run_name="shadow report of {api}", **INFRA_RETRIES)
+async def shadow_report(api: str, cluster: CortexCluster) -> ShadowReport | None:
+    return await cluster.get_backend().shadow_report(api)
 
 
 @task(task_run_name="roll back {api}", **INFRA_RETRIES)

@@ -91,8 +91,10 @@ async def scale_up(
 
 
 @task(task_run_name="{api} traffic {weights}", **INFRA_RETRIES)
-async def shift_traffic(api: str, weights: dict[int, int], cluster: CortexCluster) -> None:
-    await cluster.get_backend().set_traffic(api, weights)
+async def shift_traffic(
+    api: str, weights: dict[int, int], cluster: CortexCluster, mirror: int | None = None, mirror_share: float = 0.0
+) -> None:
+    await cluster.get_backend().set_traffic(api, weights, mirror, mirror_share)
 
 
 @task(task_run_name="{api} r{revision}: down to {replicas}", **INFRA_RETRIES)

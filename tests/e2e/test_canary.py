@@ -6,6 +6,7 @@ failures confined to the candidate's share; thin traffic holds the rollout until
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from datetime import datetime, timedelta
@@ -183,6 +184,21 @@ def test_a_bad_candidate_is_rolled_back_at_the_first_step(stable, mode, reason):
     print(f"\n{mode}: rolled back, 100% stable {to_stable:.1f}s after the step began; canary took {elapsed:.1f}s; "
           f"{len(failures)} of {len(outcomes)} requests failed")  # fmt: skip
     assert to_stable <= CANARY_INTERVAL + 2 + 3  # one analysis interval + 2 s, plus slack for 2 shared cores
+
+
+def test_a_shadow_step_compares_answers_no_client_sees_and_rolls_back_on_disagreement(stable):
+    project = write_project(stable["project"], "constant", canary={"shadow": 0.5, "min_agreement": 0.9})
+    load = BackgroundLoad(stable["url"], {"x": 1}, connections=4)
+    load.wait_for(50)
+    state = canary_rollout(path=str(project), return_state=True)
+    outcomes = load.stop()
+    assert state.is_failed() and "rolled back" in state.message
+    assert "shadow: " in state.message and "agreement" in state.message, state.message
+    assert set(outcomes) == {"1"}  # the candidate took no live traffic: only copies of it
+    row = next(line for line in _artifact("canary-report").splitlines() if line.startswith("| shadow 50%"))
+    agreement = float(re.search(r"\| ([\d.]+)% \(\d+/\d+\) \|", row).group(1))  # the agreement cell
+    assert agreement < 90 and "rollback" in row, row
+    print(f"\nshadow step: agreement {agreement}% < 90% required; rolled back, {len(outcomes)} client requests all stable")
 
 
 def test_canary_and_plan_refuse_a_bad_spec_with_exit_2(tmp_path):
