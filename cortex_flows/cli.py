@@ -197,6 +197,40 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print the Kubernetes objects a first deploy of the project would apply (multi-document YAML);
+    offline: no agent, no Prefect, no cluster. The package is built in a temporary directory only for
+    its digest (the one a deploy uploads) and named `<store>/packages/<sha256>.tar.gz`, where a deploy's
+    S3 store keeps it."""
+    import tempfile
+    from pathlib import Path
+
+    from cortex_flows.backends.kubernetes.manifests import KubeTarget, dump_yaml, render_project
+    from cortex_flows.packaging.build import build_package
+    from cortex_flows.packaging.errors import PackageError
+    from cortex_flows.serving.config import PackageRef
+    from cortex_flows.spec import SpecError, load_spec
+
+    if not args.store.startswith("s3://"):
+        err.print(f"--store must be an S3 location (s3://bucket/prefix), got {args.store!r}", markup=False)
+        return EXIT_USAGE
+    try:
+        project = load_spec(args.path)
+    except SpecError as exc:
+        return _invalid_spec(exc)
+    spec_file = project.file.resolve().relative_to(project.project_dir.resolve()).as_posix()
+    try:
+        with tempfile.TemporaryDirectory(prefix="cortex-flows-render-") as out_dir:
+            built = build_package(project.project_dir, Path(out_dir), exclude=[f"/{spec_file}"])
+    except PackageError as exc:
+        err.print(f"render failed: {exc}", highlight=False, markup=False)
+        return EXIT_FAILED
+    package = PackageRef(uri=f"{args.store.rstrip('/')}/packages/{built.sha256}.tar.gz", sha256=built.sha256)
+    target = KubeTarget(namespace=args.namespace, image=args.image, autoscaler=args.autoscaler)
+    sys.stdout.write(dump_yaml(render_project(project, package, target)))
+    return 0
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     backend = _backend()
     if running_agent(backend.home) is None:
@@ -375,6 +409,19 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("migrate", help="print the native cortex.yaml equivalent to a Cortex project's spec")
     m.add_argument("path", nargs="?", default=".", help="project directory or spec file (default: .)")
     m.set_defaults(fn=cmd_migrate)
+
+    rn = sub.add_parser(
+        "render", help="print the Kubernetes objects a deploy of a project creates (YAML; offline)"
+    )
+    rn.add_argument("path", nargs="?", default=".", help="project directory or cortex.yaml (default: .)")
+    rn.add_argument("--namespace", default="default", help="namespace of the objects (default: default)")
+    rn.add_argument("--image", default="cortex-flows-serving:latest", help="serving runtime image")
+    rn.add_argument("--autoscaler", choices=("keda", "hpa"), default="keda", help="KEDA ScaledObject or HPA")
+    rn.add_argument(
+        "--store", default="s3://PACKAGE-STORE",
+        help="S3 package store the package URI names (default: the placeholder s3://PACKAGE-STORE)",
+    )  # fmt: skip
+    rn.set_defaults(fn=cmd_render)
 
     g = sub.add_parser("get", help="status of all APIs, or one API with its versions and history")
     g.add_argument("name", nargs="?")
