@@ -1,7 +1,8 @@
 """The `CortexCluster` block: where a flow deploys APIs and which credential blocks it may load.
 
-It holds no secrets itself, only the *name* of an `AwsCredentials` block (for an S3 package store), which
-tasks load by name when they need it, so no credential ever travels as a flow parameter.
+It holds no secrets itself, only the *names* of an `AwsCredentials` block (an S3 package store, EKS) and a
+`KubernetesCredentials` block, which tasks load by name when they need them, so no credential ever
+travels as a flow parameter.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class CortexCluster(Block):
     """Where cortex-flows runs APIs, and the credential blocks its tasks may load by name.
 
     Attributes:
-        backend: "local": one machine, run by the cortex-flows agent.
+        backend: "local": one machine, run by the cortex-flows agent; "kubernetes": a cluster's API
+            (the `kubernetes_*`, `eks_cluster`, `image`, `gateway_*`, `autoscaler` and `metrics` fields).
         home: State directory of the local agent.
         gateway_port: Port of the local gateway.
         package_store: Where packages are stored: a local directory or `s3://bucket/prefix`.
@@ -66,7 +68,9 @@ class CortexCluster(Block):
     _block_type_slug = "cortex-cluster"
     _description = "Where cortex-flows deploys model APIs and which credential blocks it uses."
 
-    backend: Literal["local"] = Field(default="local", description="Where APIs run: the local agent.")
+    backend: Literal["local", "kubernetes"] = Field(
+        default="local", description="Where APIs run: the local agent, or a Kubernetes cluster."
+    )
     home: str | None = Field(
         default=None, description="State directory of the local agent (default: $CORTEX_FLOWS_HOME or ~/.cortex-flows)."
     )
@@ -122,6 +126,29 @@ class CortexCluster(Block):
         default=None, ge=0, description="Expected hourly spot price of instance_type in USD, for the cost estimate."
     )
 
+    # Kubernetes (backend "kubernetes"): the cluster, the serving image, the gateway, autoscaling, metrics.
+    namespace: str = Field(default="default", description="Kubernetes namespace of the APIs.")
+    kubernetes_credentials: str | None = Field(
+        default=None,
+        description="Name of the KubernetesCredentials block (default: in-cluster config, else ~/.kube/config).",
+    )
+    eks_cluster: str | None = Field(
+        default=None, description="EKS cluster name: its endpoint and a token come from the AwsCredentials block."
+    )
+    image: str = Field(default="cortex-flows-serving:latest", description="Serving image (see the Dockerfile).")
+    gateway_name: str = Field(default="cortex-gateway", description="Gateway API Gateway the routes attach to.")
+    gateway_namespace: str | None = Field(default=None, description="Namespace of that Gateway (default: namespace).")
+    gateway_url: str = Field(default="http://localhost", description="Base URL clients reach the Gateway at.")
+    autoscaler: Literal["keda", "hpa"] = Field(
+        default="keda", description="Per-version autoscaling object: a KEDA ScaledObject, or an HPA on a custom metric."
+    )
+    metrics: Literal["prometheus", "cloudwatch"] = Field(
+        default="prometheus", description="Where canary analysis reads per-version metrics."
+    )
+    prometheus_url: str = Field(
+        default="http://prometheus-server.monitoring:80", description="Prometheus HTTP API (KEDA and canary analysis)."
+    )
+
     def local_home(self) -> LocalHome:
         return LocalHome(Path(self.home).expanduser().resolve()) if self.home else LocalHome.default()
 
@@ -129,7 +156,11 @@ class CortexCluster(Block):
         return self.package_store or str(self.local_home().packages)
 
     def get_backend(self) -> Backend:
-        """The Backend this cluster names (no credentials are loaded here)."""
+        """The Backend this cluster names (credentials are loaded when it first talks to the cluster)."""
+        if self.backend == "kubernetes":
+            from cortex_flows.backends.kubernetes.connect import kubernetes_backend
+
+            return kubernetes_backend(self)
         from cortex_flows.backends.local.client import LocalBackend
 
         return LocalBackend(self.local_home(), self.gateway_port)

@@ -1,0 +1,90 @@
+"""Applying many APIs to a Kubernetes API server concurrently vs one after another, and API calls per deploy.
+
+The server is kmock's emulator over real HTTP (tests/kube.py) with the real `kubernetes_asyncio` client,
+so the figures are our client side: requests, serialisation, waits. Each API is created (every version
+object, its history and route) and its traffic set, as the deploy flow's apply step does. The floor
+is the same work done one API at a time; the goal is concurrent <= 0.2x of sequential. Not a test.
+
+    .venv/bin/python bench/bench_kubernetes.py [--apis 50] [--latency-ms 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kubernetes_asyncio.client import Configuration
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cortex_flows.backends.kubernetes.backend import KubernetesBackend
+from cortex_flows.backends.kubernetes.manifests import KubeTarget
+from cortex_flows.backends.versions import version_spec
+from cortex_flows.packaging.build import build_package
+from cortex_flows.rollout.plan import Action, DeployPlan
+from cortex_flows.serving.config import PackageRef
+from cortex_flows.spec import load_spec
+from tests.kube import KubeServer
+
+EXAMPLE = ROOT / "deployments" / "iris-classifier"
+
+
+def versions(count: int) -> list:
+    """`count` copies of the iris example as APIs `iris-0`... (the model file need not exist to render)."""
+    api = load_spec(EXAMPLE / "cortex.yaml").apis[0]
+    built = build_package(EXAMPLE, Path(tempfile.mkdtemp()))
+    package = PackageRef(uri=f"s3://bench/{built.sha256}.tar.gz", sha256=built.sha256)
+    out = []
+    for i in range(count):
+        named = api.model_copy(update={"name": f"iris-{i}", "networking": api.networking.model_copy(update={"endpoint": f"/iris-{i}"})})
+        out.append(version_spec(named, package, DeployPlan(Action.CREATE, 1, 1)))
+    return out
+
+
+async def deploy_one(backend: KubernetesBackend, version) -> None:
+    name = version.replica.api_name
+    await backend.apply_version(name, version, 1)
+    await backend.set_traffic(name, {1: 100})
+
+
+async def run(url: str, all_versions: list, concurrent: bool) -> tuple[float, int]:
+    async def configure() -> Configuration:
+        return Configuration(host=url)
+
+    backend = KubernetesBackend(KubeTarget(namespace="bench"), configure, "http://gateway")
+    started = time.perf_counter()
+    if concurrent:
+        await asyncio.gather(*(deploy_one(backend, v) for v in all_versions))
+    else:
+        for v in all_versions:
+            await deploy_one(backend, v)
+    return time.perf_counter() - started, backend.calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--apis", type=int, default=50)
+    parser.add_argument("--latency-ms", type=float, default=5.0, help="API server latency per request")
+    args = parser.parse_args()
+    all_versions = versions(args.apis)
+    rows = []
+    for concurrent in (False, True):
+        with KubeServer() as kube:
+            kube.latency = args.latency_ms / 1000
+            seconds, calls = asyncio.run(run(kube.url, all_versions, concurrent))
+        rows.append((concurrent, seconds, calls))
+    (_, seq, calls), (_, con, _) = rows
+    print(f"{args.apis} APIs, API server latency {args.latency_ms:g} ms per request (kmock over HTTP)")
+    print("| mode | seconds | API calls | calls per deploy |\n|---|---:|---:|---:|")
+    for concurrent, seconds, n in rows:
+        print(f"| {'concurrent' if concurrent else 'sequential'} | {seconds:.2f} | {n} | {n / args.apis:.1f} |")
+    print(f"concurrent / sequential: {con / seq:.2f}x (goal <= 0.2x)")
+
+
+if __name__ == "__main__":
+    main()
