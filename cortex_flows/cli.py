@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cortex_flows.backends.base import ApiStatus, BackendError, SplitterSpec
+from cortex_flows.backends.base import ApiStatus, Backend, BackendError, SplitterSpec
 from cortex_flows.backends.local.client import LocalBackend, running_agent, start_agent, stop_agent
 from cortex_flows.backends.local.home import LocalHome
 
@@ -53,7 +53,7 @@ def _backend(autostart: bool = False) -> LocalBackend:
     return LocalBackend(LocalHome.default(), autostart=autostart)
 
 
-def _status_json(status: ApiStatus, backend: LocalBackend) -> dict[str, Any]:
+def _status_json(status: ApiStatus, backend: Backend) -> dict[str, Any]:
     data = status.model_dump(mode="json")
     data.update(requested=status.requested, ready=status.ready, up_to_date=status.up_to_date)
     data["url"] = backend.endpoint_url(status.endpoint)
@@ -231,9 +231,18 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_backend(name: str | None) -> Backend | None:
+    """The backend of a named CortexCluster block; None for the local agent (the default)."""
+    if name is None:
+        return None
+    from cortex_flows.blocks import CortexCluster
+
+    return CortexCluster.load(name, _sync=True).get_backend()
+
+
 def cmd_get(args: argparse.Namespace) -> int:
-    backend = _backend()
-    if running_agent(backend.home) is None:
+    backend: Backend = _cluster_backend(args.cluster) or _backend()
+    if isinstance(backend, LocalBackend) and running_agent(backend.home) is None:
         if args.output == "json":
             print("null" if args.name else "[]")
             return EXIT_FAILED if args.name else 0
@@ -302,7 +311,7 @@ def _print_versions(status: ApiStatus, history: list[Any]) -> None:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     try:
-        print(asyncio.run(_backend().logs(args.name, args.tail)))
+        print(asyncio.run((_cluster_backend(args.cluster) or _backend()).logs(args.name, args.tail)))
     except BackendError as exc:
         err.print(str(exc), highlight=False)
         return EXIT_FAILED
@@ -426,11 +435,13 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("get", help="status of all APIs, or one API with its versions and history")
     g.add_argument("name", nargs="?")
     g.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    g.add_argument("--cluster", help="name of a CortexCluster block (default: the local agent)")
     g.set_defaults(fn=cmd_get)
 
     lg = sub.add_parser("logs", help="the last lines of an API's replica logs")
     lg.add_argument("name")
     lg.add_argument("--tail", type=int, default=100)
+    lg.add_argument("--cluster", help="name of a CortexCluster block (default: the local agent)")
     lg.set_defaults(fn=cmd_logs)
 
     rm = sub.add_parser("delete", help="delete an API (runs the delete flow)")

@@ -1,10 +1,13 @@
 """The flows on the Kubernetes backend, against kmock's API server over real HTTP with the real
 `kubernetes_asyncio` client and a status simulator: deploy, rolling update, rollback, delete; re-runs
 leave the objects byte-identical; a flaky API server (30% of calls 429/500/409) still deploys; a 422 fails
-at once with the server's message; a Deployment past its progress deadline is rolled back."""
+at once with the server's message; a Deployment past its progress deadline is rolled back; credentials
+appear nowhere but the API's Secret."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,16 +16,19 @@ from typing import Any
 
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
+from prefect_aws import AwsCredentials
 from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 
 from cortex_flows.blocks import CortexCluster
 from cortex_flows.flows.delete import delete
 from cortex_flows.flows.deploy import deploy
 from cortex_flows.flows.rollback import rollback
-from tests.helpers import example_project
+from tests.helpers import cli, example_project
 from tests.kube import KubeServer
 
 NS = "ml"
+TOKEN = "kmock-bearer-token-c0ffee-77"
 
 
 @pytest.fixture
@@ -62,9 +68,12 @@ def weights(kube: KubeServer, api: str) -> dict[str, int]:
     return {ref["name"]: ref["weight"] for ref in route["spec"]["rules"][0]["backendRefs"]}
 
 
-def test_deploy_update_rollback_delete_and_reruns_change_nothing(kube, cluster, project):
+def test_deploy_update_rollback_delete_and_reruns_change_nothing(kube, cluster, project, prefect_api):
     urls = deploy(path=str(project), cluster=cluster)
     assert urls == {"iris-classifier": "http://gateway.test/iris-classifier"}
+    shown = cli("get", "iris-classifier", "--cluster", cluster, env={"PREFECT_API_URL": prefect_api})
+    assert shown.returncode == 0, shown.stderr
+    assert "live" in shown.stdout and "1/1" in shown.stdout and "http://gateway.test/iris-classifier" in shown.stdout
     first = kube.objects()
     r1 = "iris-classifier-r1"
     assert kinds(first) == {("ConfigMap", r1), ("Deployment", r1), ("Service", r1), ("PodDisruptionBudget", r1),
@@ -121,3 +130,43 @@ def test_a_deployment_past_its_progress_deadline_is_rolled_back(kube, cluster, p
     assert weights(kube, "iris-classifier") == {"iris-classifier-r1": 100}
     assert ("Deployment", "iris-classifier-r2") not in objects
     assert objects[("Deployment", "iris-classifier-r1")]["spec"]["replicas"] == 1
+
+
+SECRET = "k8s-s3cr3t-never-shown-41d7"
+
+
+def test_credentials_never_reach_objects_logs_artifacts_or_parameters(
+    kube, prefect_api, moto_reset, moto_s3, s3_bucket, project, caplog
+):
+    """The S3 key (AwsCredentials) goes only into the API's Secret, which pods reference by name; the
+    cluster token (KubernetesCredentials) goes nowhere but the Authorization header."""
+    name = f"kmock-{uuid.uuid4().hex[:8]}"
+    AwsCredentials(aws_access_key_id="AKIDK8S", aws_secret_access_key=SECRET, region_name="us-east-1",
+                   aws_client_parameters={"endpoint_url": moto_reset}).save(name, overwrite=True)  # fmt: skip
+    config = kube.kubeconfig(NS)
+    config["users"][0]["user"]["token"] = TOKEN
+    KubernetesCredentials(cluster_config=KubernetesClusterConfig(config=config, context_name="kmock")).save(
+        name, overwrite=True
+    )
+    CortexCluster(backend="kubernetes", namespace=NS, kubernetes_credentials=name, aws_credentials=name,
+                  package_store=f"s3://{s3_bucket}/cortex").save(name, overwrite=True)  # fmt: skip
+    with caplog.at_level(logging.DEBUG):
+        state = deploy(path=str(project), cluster=name, return_state=True)
+    assert state.is_completed(), state.message
+    objects = kube.objects()
+    secret = objects.pop(("Secret", "iris-classifier-aws"))
+    assert secret["stringData"]["AWS_SECRET_ACCESS_KEY"] == SECRET  # the one place it is written
+    deployment = objects[("Deployment", "iris-classifier-r1")]
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"secretRef": {"name": "iris-classifier-aws"}} in pod["containers"][0]["envFrom"]
+    rendered = cli("render", str(project), "--namespace", NS, "--store", f"s3://{s3_bucket}/cortex")
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        parameters = json.dumps(client.read_flow_run(run_id).parameters)
+        artifacts = json.dumps([a.data for a in client.read_artifacts()], default=str)
+        logs = json.dumps([entry.message for entry in client.read_logs()])
+    places = {"objects": json.dumps(list(objects.values())), "render": rendered.stdout + rendered.stderr, "flow parameters": parameters,
+              "artifacts": artifacts, "Prefect logs": logs, "local logs": caplog.text}  # fmt: skip
+    leaks = [(where, value) for where, text in places.items() for value in (SECRET, TOKEN) if value in text]
+    assert leaks == []
+    assert all(len(text) > 10 for text in places.values())  # each place was really read
