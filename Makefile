@@ -23,7 +23,7 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 bench: $(INSTALLED)
 	$(PY) bench/run_all.py

@@ -14,6 +14,7 @@ BENCHES = (
     ["bench_deploy.py"],
     ["bench_rollout.py"],  # latency and errors during a rolling update, its duration vs its floor
     ["bench_autoscaling.py"],  # reaction to a step load (tick 10 s and 2 s), scale from zero vs cold start
+    ["bench_kubernetes.py"],  # 50 APIs applied concurrently vs sequentially, API calls per deploy
 )
 
 if __name__ == "__main__":

@@ -92,6 +92,9 @@ def test_deploy_update_rollback_delete_and_reruns_change_nothing(kube, cluster, 
 
     rollback(name="iris-classifier", cluster=cluster)
     assert weights(kube, "iris-classifier") == {"iris-classifier-r3": 100}
+    rolled = kube.objects()
+    rollback(name="iris-classifier", to=1, cluster=cluster)  # r3 already runs r1: nothing to do
+    assert kube.objects() == rolled
     history = yaml.safe_load(kube.objects()[("ConfigMap", "iris-classifier-history")]["data"]["revisions.json"])
     assert [(r["revision"], r["outcome"]) for r in history] == [(3, "live"), (2, "superseded"), (1, "superseded")]
     assert history[0]["package_id"] == history[2]["package_id"]  # r3 runs what r1 ran

@@ -160,3 +160,5 @@ def test_canary_rolls_a_broken_candidate_back_and_promotes_a_healthy_one(kube, t
     assert {1: 50, 3: 50} in seen and {3: 100} in seen and seen[-1] == {3: 100}
     objects = kube.objects()
     assert ("Deployment", f"{API}-r1") not in objects and objects[("Deployment", f"{API}-r3")]["spec"]["replicas"] == 2
+    again = canary_rollout(path=str(project), cluster=cluster)  # a scheduled run with nothing new
+    assert again["outcome"] == "up to date" and kube.objects() == objects
