@@ -99,8 +99,8 @@ def setup_autoscaling(
 
 def _select(project: ProjectSpec, names: list[str] | None) -> list[RealtimeAPI]:
     if not names:
-        return list(project.apis)
-    known = {api.name: api for api in project.apis}
+        return list(project.realtime_apis)
+    known = {api.name: api for api in project.realtime_apis}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UnknownApi(

@@ -703,11 +703,13 @@ class ProjectSpec:
         """The TrafficSplitters, in file order."""
         return [api for api in self.apis if isinstance(api, TrafficSplitter)]
 
-    def select(self, name: str | None) -> ApiSpec:
-        """The API called `name`, or the project's only API when `name` is None."""
-        names = [a.name for a in self.apis]
+    def select(self, name: str | None) -> RealtimeAPI:
+        """The RealtimeAPI called `name`, or the project's only one when `name` is None (what a canary
+        rolls out: a TrafficSplitter has no versions)."""
+        apis = self.realtime_apis
+        names = [a.name for a in apis]
         if name is None and len(names) == 1:
-            return self.apis[0]
+            return apis[0]
         if name in names:
-            return self.apis[names.index(name)]
-        raise ValueError(f"name one of the project's APIs: {', '.join(names)}")
+            return apis[names.index(name)]
+        raise ValueError(f"name one of the project's RealtimeAPIs: {', '.join(names)}")
