@@ -9,6 +9,7 @@ import logging
 import socket
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -80,6 +81,33 @@ def s3_bucket(moto_s3: BaseClient) -> str:
     name = "cortex-flows-test"
     moto_s3.create_bucket(Bucket=name)
     return name
+
+
+GROUP = "cortex-nodes"
+
+
+@pytest.fixture
+def autoscaling(aws_env: str) -> BaseClient:
+    """An autoscaling client on a fresh moto, with the group `cortex-nodes` (min 0, max 1, desired 0) on a
+    launch template."""
+    kwargs = {"endpoint_url": aws_env, "region_name": MOTO_REGION, "aws_access_key_id": MOTO_KEY,
+              "aws_secret_access_key": MOTO_KEY}  # fmt: skip
+    boto3.client("ec2", **kwargs).create_launch_template(
+        LaunchTemplateName="cortex-node",
+        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "m5.large"},
+    )
+    client = boto3.client("autoscaling", **kwargs)
+    client.create_auto_scaling_group(
+        AutoScalingGroupName=GROUP, LaunchTemplate={"LaunchTemplateName": "cortex-node", "Version": "$Latest"},
+        MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=["us-east-1a"],
+    )  # fmt: skip
+    return client
+
+
+def group_of(client: BaseClient) -> dict[str, Any]:
+    group = client.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
+    return {"min": group["MinSize"], "max": group["MaxSize"], "desired": group["DesiredCapacity"],
+            "policy": group.get("MixedInstancesPolicy")}  # fmt: skip
 
 
 # -- Prefect and the local backend --------------------------------------------------------------------

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-import boto3
 import httpx
 import pytest
 import yaml
@@ -34,10 +33,9 @@ from cortex_flows.blocks import CortexCluster
 from cortex_flows.flows.autoscaling import setup_autoscaling
 from cortex_flows.flows.deploy import deploy
 from cortex_flows.spec import load_spec, spec_hash
-from tests.conftest import MOTO_KEY, MOTO_REGION
+from tests.conftest import GROUP, MOTO_KEY, MOTO_REGION, group_of
 from tests.helpers import cli, example_project, free_port_closed, serving_pids, wait_for
 
-GROUP = "cortex-nodes"
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -93,24 +91,6 @@ def deployed_fresh(deployed: Deployed) -> Deployed:
     return deployed
 
 
-@pytest.fixture
-def autoscaling(aws_env: str) -> BaseClient:
-    """An autoscaling client on a fresh moto, with the group `cortex-nodes` (min 0, max 1, desired 0) on a
-    launch template."""
-    kwargs = {"endpoint_url": aws_env, "region_name": MOTO_REGION, "aws_access_key_id": MOTO_KEY,
-              "aws_secret_access_key": MOTO_KEY}  # fmt: skip
-    boto3.client("ec2", **kwargs).create_launch_template(
-        LaunchTemplateName="cortex-node",
-        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "m5.large"},
-    )
-    client = boto3.client("autoscaling", **kwargs)
-    client.create_auto_scaling_group(
-        AutoScalingGroupName=GROUP, LaunchTemplate={"LaunchTemplateName": "cortex-node", "Version": "$Latest"},
-        MinSize=0, MaxSize=1, DesiredCapacity=0, AvailabilityZones=["us-east-1a"],
-    )  # fmt: skip
-    return client
-
-
 def save_cluster(deployed: Deployed, name: str, endpoint_url: str, **fields: Any) -> None:
     AwsCredentials(
         aws_access_key_id=MOTO_KEY, aws_secret_access_key=MOTO_KEY, region_name=MOTO_REGION,
@@ -123,12 +103,6 @@ def save_cluster(deployed: Deployed, name: str, endpoint_url: str, **fields: Any
         aws_credentials=f"{name}-creds",
         **{**node, **fields},
     ).save(name, overwrite=True)
-
-
-def group_of(client: BaseClient) -> dict[str, Any]:
-    group = client.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])["AutoScalingGroups"][0]
-    return {"min": group["MinSize"], "max": group["MaxSize"], "desired": group["DesiredCapacity"],
-            "policy": group.get("MixedInstancesPolicy")}  # fmt: skip
 
 
 async def _read_run(flow_run_id: Any) -> tuple[list[Any], list[Any]]:

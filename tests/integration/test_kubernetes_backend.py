@@ -2,7 +2,8 @@
 `kubernetes_asyncio` client and a status simulator: deploy, rolling update, rollback, delete; re-runs
 leave the objects byte-identical; a flaky API server (30% of calls 429/500/409) still deploys; a 422 fails
 at once with the server's message; a Deployment past its progress deadline is rolled back; credentials
-appear nowhere but the API's Secret."""
+appear nowhere but the API's Secret; setup-autoscaling changes the autoscaler in place and sizes the
+node group (moto's EC2 Auto Scaling)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from prefect_aws import AwsCredentials
 from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 
 from cortex_flows.blocks import CortexCluster
+from cortex_flows.flows.autoscaling import setup_autoscaling
 from cortex_flows.flows.delete import delete
 from cortex_flows.flows.deploy import deploy
 from cortex_flows.flows.rollback import rollback
+from tests.conftest import GROUP, MOTO_KEY, MOTO_REGION, group_of
 from tests.helpers import cli, example_project
 from tests.kube import KubeServer
 
@@ -173,3 +176,24 @@ def test_credentials_never_reach_objects_logs_artifacts_or_parameters(
     leaks = [(where, value) for where, text in places.items() for value in (SECRET, TOKEN) if value in text]
     assert leaks == []
     assert all(len(text) > 10 for text in places.values())  # each place was really read
+
+
+def test_setup_autoscaling_changes_the_autoscaler_in_place_and_sizes_the_node_group(kube, cluster, project, autoscaling):
+    AwsCredentials(aws_access_key_id=MOTO_KEY, aws_secret_access_key=MOTO_KEY, region_name=MOTO_REGION,
+                   aws_client_parameters={"endpoint_url": autoscaling.meta.endpoint_url}).save(cluster, overwrite=True)  # fmt: skip
+    block = CortexCluster.load(cluster, _sync=True)
+    block.model_copy(update={"aws_credentials": cluster, "node_group": GROUP, "instance_type": "m5.large",
+                             "instance_cpu": "1", "instance_memory": "4Gi"}).save(cluster, overwrite=True)  # fmt: skip
+    deploy(path=str(project), cluster=cluster)
+    before = kube.objects()
+    spec = yaml.safe_load((project / "cortex.yaml").read_text())
+    spec[0]["autoscaling"]["max_replicas"] = 10
+    (project / "cortex.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = setup_autoscaling(path=str(project), cluster=cluster)
+    assert result["apis"]["iris-classifier"]["action"] == "in-place"
+    after = kube.objects()
+    r1 = "iris-classifier-r1"
+    assert after[("ScaledObject", r1)]["spec"]["maxReplicaCount"] == 10
+    assert before[("ScaledObject", r1)]["spec"]["maxReplicaCount"] == 4
+    assert after[("Deployment", r1)]["spec"]["template"] == before[("Deployment", r1)]["spec"]["template"]  # no restart
+    assert group_of(autoscaling)["max"] == 4  # 750m per node after the reserve: 3 replicas of 200m; ceil(10/3)
