@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from cortex_flows.rollout.shadow import ShadowReport, ShadowTally
 from cortex_flows.serving.metrics import DURATION_BUCKETS
 
 _SHARE_UNIT = 1_000_000  # mirror shares are counted in millionths, so the mirrored fraction is exact
+
+
+K = TypeVar("K")
 
 
 class Upstream(NamedTuple):
@@ -354,8 +357,7 @@ class RoutingTable:
 
     def begin(self, api: str, upstream: Upstream) -> None:
         """A request to `api` was handed to `upstream`."""
-        counts = self.upstream_in_flight
-        counts[upstream] = counts.get(upstream, 0) + 1
+        self.begin_mirror(upstream)
         apis = self.api_in_flight
         apis[api] = apis.get(api, 0) + 1
 
@@ -365,27 +367,12 @@ class RoutingTable:
         counts[upstream] = counts.get(upstream, 0) + 1
 
     def end_mirror(self, upstream: Upstream) -> None:
-        counts = self.upstream_in_flight
-        n = counts[upstream] - 1
-        if n:
-            counts[upstream] = n
-        else:
-            del counts[upstream]
+        _decrement(self.upstream_in_flight, upstream)
 
     def end(self, api: str, upstream: Upstream) -> None:
         """That request finished, failed or was abandoned. Zero counts are dropped so the dicts stay small."""
-        counts = self.upstream_in_flight
-        n = counts[upstream] - 1
-        if n:
-            counts[upstream] = n
-        else:
-            del counts[upstream]
-        apis = self.api_in_flight
-        n = apis[api] - 1
-        if n:
-            apis[api] = n
-        else:
-            del apis[api]
+        _decrement(self.upstream_in_flight, upstream)
+        _decrement(self.api_in_flight, api)
 
     def _free_endpoint(self, name: str, endpoint: str) -> str:
         """`endpoint` normalized, or ValueError when another API or splitter serves it."""
@@ -430,3 +417,11 @@ class RoutingTable:
         if gone:
             for callback in self._removal_listeners:
                 callback(gone)
+
+
+def _decrement(counts: dict[K, int], key: K) -> None:
+    n = counts[key] - 1
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
