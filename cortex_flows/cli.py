@@ -309,6 +309,29 @@ def _print_versions(status: ApiStatus, history: list[Any]) -> None:
     _print_table(past)
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    from cortex_flows.rollout.history import COLUMNS, revision_rows
+
+    backend: Backend = _cluster_backend(args.cluster) or _backend()
+    if isinstance(backend, LocalBackend) and running_agent(backend.home) is None:
+        err.print(f"no APIs: no local agent is running for {backend.home.root} (`cortex-flows cluster up`)")
+        return EXIT_FAILED
+    if asyncio.run(backend.status(args.name)) is None:
+        err.print(f"API {args.name!r} is not deployed")
+        return EXIT_FAILED
+    rows = revision_rows(asyncio.run(backend.history(args.name)))
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"revisions of {args.name}", box=None, header_style="bold", title_justify="left")
+    for col in COLUMNS:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(row[col] for col in COLUMNS))
+    _print_table(table)
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     try:
         print(asyncio.run((_cluster_backend(args.cluster) or _backend()).logs(args.name, args.tail)))
@@ -437,6 +460,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", choices=("table", "json"), default="table")
     g.add_argument("--cluster", help="name of a CortexCluster block (default: the local agent)")
     g.set_defaults(fn=cmd_get)
+
+    hs = sub.add_parser("history", help="an API's revisions: outcome, package, spec and what each changed")
+    hs.add_argument("name")
+    hs.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    hs.add_argument("--cluster", help="name of a CortexCluster block (default: the local agent)")
+    hs.set_defaults(fn=cmd_history)
 
     lg = sub.add_parser("logs", help="the last lines of an API's replica logs")
     lg.add_argument("name")

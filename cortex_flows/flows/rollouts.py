@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, runtime
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 from prefect.futures import PrefectFuture, wait
 
 from cortex_flows.blocks import CortexCluster
+from cortex_flows.rollout.history import revision_rows
 from cortex_flows.serving.config import PackageRef
 from cortex_flows.spec import RealtimeAPI
-from cortex_flows.tasks.deploy import apply, finish, plan, prepare
+from cortex_flows.tasks.deploy import apply, finish, plan, prepare, read_history
 from cortex_flows.tasks.rollout import roll
 
 STEPS = ("plan", "prepare", "apply", "roll", "finish")
@@ -96,12 +97,26 @@ def run_rollouts(
             )
     create_markdown_artifact(key=f"{what}-report", markdown=_report(what, source, rows, timelines, list(notices)),
                              description=f"cortex-flows {what} report")  # fmt: skip
+    _revision_tables(what, [r.api.name for r in rollouts], cluster)
     failed = [f for chain in chains.values() for f in chain if f.state.is_failed()]
     for future in failed:
         logger.error("%s failed: %s", future.task_run_id, future.state.message)
     if failed:
         failed[0].result()  # re-raise the first failure so the run ends Failed with its reason
     return endpoints
+
+
+def _revision_tables(what: str, names: list[str], cluster: CortexCluster) -> None:
+    """A `revisions-NAME` table artifact per API: its history after this run, with what each changed."""
+    histories = {name: read_history.submit(name, cluster) for name in names}
+    wait(list(histories.values()))
+    for name, future in histories.items():
+        revisions = _result(future)
+        if not revisions:
+            get_run_logger().warning("no revision history of %s to record", name)
+            continue
+        create_table_artifact(key=f"revisions-{name}", table=revision_rows(revisions),
+                              description=f"revisions of {name} after this {what}")  # fmt: skip
 
 
 def _result(future: PrefectFuture[Any]) -> Any:

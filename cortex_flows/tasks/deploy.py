@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from cortex_flows.backends.base import Outcome
+from cortex_flows.backends.base import NotFound, Outcome, Revision
 from cortex_flows.backends.versions import splitter_spec, version_spec
 from cortex_flows.blocks import CortexCluster
 from cortex_flows.packaging.build import BuiltPackage, build_package
@@ -110,6 +110,16 @@ async def finish(api_name: str, decided: DeployPlan, cluster: CortexCluster) -> 
     for revision in decided.previous:
         await backend.remove_version(api_name, revision, Outcome.SUPERSEDED)
     await backend.record_outcome(api_name, decided.revision, Outcome.LIVE)
+
+
+@task(task_run_name="read history of {api_name}", **INFRA_RETRIES)
+async def read_history(api_name: str, cluster: CortexCluster) -> list[Revision]:
+    """The API's revision history, newest first (for the revisions table artifact); none if it is not
+    deployed (a first deploy that failed before applying)."""
+    try:
+        return await cluster.get_backend().history(api_name)
+    except NotFound:
+        return []
 
 
 @task(task_run_name="check splitter targets", **INFRA_RETRIES)
