@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -380,12 +381,23 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_blocks(args: argparse.Namespace) -> int:
+    """`save FILE...` saves block documents; `register` also registers the block type (and those of
+    prefect-aws and prefect-kubernetes it names), then saves every document in `blocks/`."""
     import yaml
 
     _quiet_temporary_server()
     from cortex_flows.blocks import CortexCluster
 
-    for path in args.files:
+    files = args.files
+    if args.action == "register":
+        from prefect_aws import AwsCredentials
+        from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+
+        for block in (CortexCluster, AwsCredentials, KubernetesClusterConfig, KubernetesCredentials):
+            block.register_type_and_schema()
+            out.print(f"registered block type {block.get_block_type_slug()}")
+        files = files or sorted(str(p) for p in Path("blocks").glob("*.yaml"))
+    for path in files:
         with open(path) as fh:
             doc = yaml.safe_load(fh)
         if not isinstance(doc, dict) or doc.get("block_type") != "cortex-cluster" or "name" not in doc:
@@ -484,9 +496,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", choices=("table", "json"), default="table")
     c.set_defaults(fn=cmd_cluster)
 
-    b = sub.add_parser("blocks", help="save CortexCluster block documents (blocks/*.yaml) to Prefect")
-    b.add_argument("action", choices=("save",))
-    b.add_argument("files", nargs="+")
+    b = sub.add_parser(
+        "blocks", help="register the block types and save the CortexCluster documents of blocks/ (or FILES)"
+    )
+    b.add_argument("action", choices=("register", "save"))
+    b.add_argument("files", nargs="*", help="block documents (YAML); register: default blocks/*.yaml")
     b.set_defaults(fn=cmd_blocks)
     return p
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from uuid import UUID
 
@@ -14,7 +16,7 @@ from prefect_aws import AwsCredentials
 from cortex_flows.blocks import CortexCluster
 from cortex_flows.packaging.build import build_package
 from cortex_flows.tasks.deploy import store
-from tests.helpers import cli, example_project, free_port_closed, run_command
+from tests.helpers import ROOT, cli, example_project, free_port_closed, run_command
 
 
 async def _task_run(task_run_id):
@@ -62,6 +64,12 @@ def test_block_registration_and_block_documents(prefect_api, local_cluster):
     saved = cli("blocks", "save", "blocks/local-default.yaml", env=env)
     assert saved.returncode == 0, saved.stderr
     assert CortexCluster.load("local-default").backend == "local"
+    done = subprocess.run([sys.executable, "-m", "cortex_flows.cli", "blocks", "register"], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "registered block type kubernetes-credentials" in done.stdout and "cortex-cluster/eks-prod" in done.stdout
+    eks = CortexCluster.load("eks-prod")
+    assert (eks.backend, eks.eks_cluster, eks.aws_credentials) == ("kubernetes", "ml-prod", "aws-prod")
 
 
 def test_deploy_run_is_named_for_its_apis_and_revisions(prefect_api, local_cluster, tmp_path):
