@@ -19,6 +19,7 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
+from cortex_flows.flows.provenance import provenance
 from cortex_flows.rollout.analysis import Thresholds, markdown_table
 from cortex_flows.rollout.canary import (
     NOT_STARTED,
@@ -121,6 +122,7 @@ def canary_rollout(
         ledger: list[dict[str, str]] = []
         outcome = _run(spec, policy, steps_plan, revisions, target, ledger, smoke_payload, hold_timeout)
     report = [f"# Canary of {spec.name}: r{stable} -> r{decided.revision}, {outcome['outcome']}", "",
+              "## Who, what, why", "", *provenance(), f"- package: `{package.sha256}`", "",
               render_plan(steps_plan), "", "## Ledger", "", markdown_table(ledger)]  # fmt: skip
     create_markdown_artifact(key="canary-report", markdown="\n".join(report), description="cortex-flows canary")
     if outcome["outcome"] != "promoted":

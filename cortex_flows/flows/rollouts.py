@@ -19,6 +19,7 @@ from prefect.events import emit_event
 from prefect.futures import PrefectFuture, wait
 
 from cortex_flows.blocks import CortexCluster
+from cortex_flows.flows.provenance import provenance
 from cortex_flows.rollout.history import revision_rows
 from cortex_flows.serving.config import PackageRef
 from cortex_flows.spec import RealtimeAPI
@@ -95,9 +96,9 @@ def run_rollouts(
                 },
                 payload={"revision": decided.revision, "package_id": r.package.sha256, "endpoint": url},
             )
-    create_markdown_artifact(key=f"{what}-report", markdown=_report(what, source, rows, timelines, list(notices)),
-                             description=f"cortex-flows {what} report")  # fmt: skip
-    _revision_tables(what, [r.api.name for r in rollouts], cluster)
+    changes = _revision_tables(what, [r.api.name for r in rollouts], cluster)
+    report = _report(what, source, rows, timelines, list(notices), [*provenance(), *changes])
+    create_markdown_artifact(key=f"{what}-report", markdown=report, description=f"cortex-flows {what} report")
     failed = [f for chain in chains.values() for f in chain if f.state.is_failed()]
     for future in failed:
         logger.error("%s failed: %s", future.task_run_id, future.state.message)
@@ -106,17 +107,21 @@ def run_rollouts(
     return endpoints
 
 
-def _revision_tables(what: str, names: list[str], cluster: CortexCluster) -> None:
-    """A `revisions-NAME` table artifact per API: its history after this run, with what each changed."""
+def _revision_tables(what: str, names: list[str], cluster: CortexCluster) -> list[str]:
+    """A `revisions-NAME` table artifact per API: its history after this run, with what each changed;
+    returns a ledger line per API saying what its newest revision changed."""
     histories = {name: read_history.submit(name, cluster) for name in names}
     wait(list(histories.values()))
+    changed = []
     for name, future in histories.items():
         revisions = _result(future)
         if not revisions:
             get_run_logger().warning("no revision history of %s to record", name)
             continue
-        create_table_artifact(key=f"revisions-{name}", table=revision_rows(revisions),
-                              description=f"revisions of {name} after this {what}")  # fmt: skip
+        rows = revision_rows(revisions)
+        create_table_artifact(key=f"revisions-{name}", table=rows, description=f"revisions of {name} after this {what}")
+        changed.append(f"- {name} r{rows[0]['revision']} ({rows[0]['outcome']}): {rows[0]['changes']}")
+    return changed
 
 
 def _result(future: PrefectFuture[Any]) -> Any:
@@ -153,11 +158,16 @@ def _rename_run(what: str, names: list[str]) -> None:
 
 
 def _report(
-    what: str, source: str, rows: list[list[str]], timelines: dict[str, list[str]], notices: list[str]
-) -> str:
+    what: str, source: str, rows: list[list[str]], timelines: dict[str, list[str]], notices: list[str],
+    why: list[str],
+) -> str:  # fmt: skip
     head = ["API", "revision", "action", "package", "endpoint", "replicas", "result", *STEPS]
     lines = [
         f"# {what.capitalize()} {source}".rstrip(),
+        "",
+        "## Who, what, why",
+        "",
+        *why,
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

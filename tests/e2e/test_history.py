@@ -55,6 +55,12 @@ def test_history_shows_each_deploy_and_what_it_changed(prefect_api, local_cluste
 
     artifact = _table_artifact(state.state_details.flow_run_id, f"revisions-{API}")
     assert artifact == rows
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        reports = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    report = next(a.data for a in reports if a.key == "deploy-report")
+    assert "## Who, what, why" in report and f"`{run.name}` ({run.id})" in report  # the ledger says which run
+    assert f"- {API} r2 (live): config.note: 'v1' -> 'v2'" in report  # and what it changed
 
     missing = cli("history", "no-such-api", env=env)
     assert missing.returncode == 1 and "not deployed" in missing.stderr

@@ -150,6 +150,8 @@ def test_a_good_model_ships_a_worse_one_is_refused_an_equal_one_goes_out_as_a_ca
     assert set(outcomes) <= {"1", "2"}, set(outcomes)
     equal_run = str(equal.state_details.flow_run_id)
     assert _runs_tagged(f"training-run:{equal_run}") == [("canary-rollout", "Completed")]
+    ledger = _latest("canary-report").data  # the canary's ledger names the training run it came from
+    assert "- part of: `" in ledger and f"({equal_run})" in ledger and f"`training-run:{equal_run}`" in ledger
     assert json.loads(_latest(pipeline.quality_key(api)).data)[0]["training_run"] == equal_run
     with get_client(sync_client=True) as client:
         names = {str(r.id): (client.read_flow(r.flow_id).name, r.state_name) for r in client.read_flow_runs()}
