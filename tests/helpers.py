@@ -136,3 +136,31 @@ class BackgroundLoad:
         for thread in self._threads:
             thread.join(timeout=40)
         return list(self.outcomes)
+
+
+class LoopServer:
+    """A raw asyncio server on a free loopback port, running its own event loop in a thread: the base of
+    the tests' misbehaving upstreams. Subclasses set their state, then call this, and build protocols in
+    `_protocol`."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        from cortex_flows.backends.local.routing import Upstream
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            self.loop.create_server(self._protocol, "127.0.0.1", 0), self.loop
+        ).result(5)
+        self.upstream = Upstream("127.0.0.1", self.server.sockets[0].getsockname()[1])
+
+    def _protocol(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)

@@ -28,7 +28,7 @@ import uvicorn
 
 from cortex_flows.backends.local.gateway import Gateway
 from cortex_flows.backends.local.routing import RoutingTable, Upstream
-from tests.helpers import wait_for
+from tests.helpers import LoopServer, wait_for
 
 T = TypeVar("T")
 pytestmark = pytest.mark.timeout(60)
@@ -109,22 +109,15 @@ class EchoServer:
         self.thread.join(timeout=10)
 
 
-class OneShotServer:
+class OneShotServer(LoopServer):
     """Answers the first request on each connection; a later request on it is met by a close, unanswered.
 
     That is the keep-alive race: the replica closes an idle connection just as the gateway reuses it.
     """
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
         self.connections = 0
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        server = asyncio.run_coroutine_threadsafe(
-            self.loop.create_server(self._protocol, "127.0.0.1", 0), self.loop
-        ).result(5)
-        self.server = server
-        self.upstream = Upstream("127.0.0.1", server.sockets[0].getsockname()[1])
+        super().__init__()
 
     def _protocol(self) -> asyncio.Protocol:
         self.connections += 1
@@ -148,13 +141,8 @@ class OneShotServer:
 
         return Proto()
 
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
 
-
-class ClosingServer:
+class ClosingServer(LoopServer):
     """A replica that fails a request: reads its head, then closes without answering (`partial=False`,
     as a crashed or stopped replica does), or after the start of a response (`partial=True`)."""
 
@@ -163,13 +151,7 @@ class ClosingServer:
     def __init__(self, *, partial: bool = False) -> None:
         self.partial = partial
         self.requests = 0  # request heads received (one per connection: each is closed after it)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(
-            self.loop.create_server(self._protocol, "127.0.0.1", 0), self.loop
-        ).result(5)
-        self.upstream = Upstream("127.0.0.1", self.server.sockets[0].getsockname()[1])
+        super().__init__()
 
     def _protocol(self) -> asyncio.Protocol:
         outer = self
@@ -189,11 +171,6 @@ class ClosingServer:
                     self.transport.close()
 
         return Proto()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
 
 
 # A replica process that takes requests and never answers, until it is killed.

@@ -14,7 +14,6 @@ import contextlib
 import json
 import socket
 import statistics
-import threading
 import time
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
@@ -26,7 +25,7 @@ import pytest
 
 from cortex_flows.backends.local.routing import Mirror, RoutingTable, Upstream
 from cortex_flows.rollout.shadow import ShadowReport
-from tests.helpers import wait_for
+from tests.helpers import LoopServer, wait_for
 from tests.integration.test_gateway import GatewayThread, read_all
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,20 +47,14 @@ def http_response(status: int, body: bytes, *, chunked: bool = False) -> bytes:
     return head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
 
 
-class RawServer:
+class RawServer(LoopServer):
     """A keep-alive HTTP/1.1 server answering each request as `behave(url, body)` says; records requests."""
 
     def __init__(self, behave: Callable[[bytes, bytes], Action]) -> None:
         self.behave = behave
         self.seen: list[tuple[bytes, bytes]] = []  # (url, body) of every request, in arrival order
         self.connections = 0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(
-            self.loop.create_server(self._protocol, "127.0.0.1", 0), self.loop
-        ).result(5)
-        self.upstream = Upstream("127.0.0.1", self.server.sockets[0].getsockname()[1])
+        super().__init__()
 
     def _protocol(self) -> asyncio.Protocol:
         outer = self
@@ -98,11 +91,6 @@ class RawServer:
                     self.transport.write(data)
 
         return Proto()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
 
 
 def params(url: bytes) -> dict[str, str]:
