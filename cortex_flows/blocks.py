@@ -158,7 +158,7 @@ class CortexCluster(Block):
     def get_backend(self) -> Backend:
         """The Backend this cluster names (credentials are loaded when it first talks to the cluster)."""
         if self.backend == "kubernetes":
-            from cortex_flows.backends.kubernetes.connect import kubernetes_backend
+            from cortex_flows.kubernetes_access import kubernetes_backend
 
             return kubernetes_backend(self)
         from cortex_flows.backends.local.client import LocalBackend

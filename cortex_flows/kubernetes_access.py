@@ -1,7 +1,9 @@
 """Build a `KubernetesBackend` from a `CortexCluster` block: how to reach the cluster and its metrics.
 
-Credentials are loaded by block name when the backend first talks to the cluster (inside a task), and
-kept for a few minutes: an EKS token lives 15 minutes, and loading a block costs a Prefect API call.
+It sits beside `blocks.py`, above the backends, because it loads Prefect blocks (KubernetesCredentials,
+AwsCredentials) by name; the backend below only receives a `configure` callable. Credentials are loaded
+when the backend first talks to the cluster (inside a task), and kept for a few minutes: an EKS token
+lives 15 minutes, and loading a block costs a Prefect API call.
 """
 
 from __future__ import annotations
