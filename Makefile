@@ -21,9 +21,10 @@ demo: $(INSTALLED)
 	$(CLI) get
 	@echo "The API keeps serving; 'cortex-flows cluster down' (in $(VENV)/bin) stops the local agent."
 
+# The e2e tests mostly wait on real processes, so a worker per core (one file each at a time) saves a third.
 test: $(INSTALLED)
 	$(PY) -m ruff check .
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile --durations=15
 
 bench: $(INSTALLED)
 	$(PY) bench/run_all.py

@@ -37,6 +37,8 @@ class Handler:
             threading.Timer(0.4, os._exit, (3,)).start()
         if config.get("fail") == "slow":
             time.sleep(60)
+        while config.get("gate") and not os.path.exists(config["gate"]):
+            time.sleep(0.01)  # held until the test opens the gate
 
     def handle_post(self, payload):
         time.sleep(0.002)
@@ -63,6 +65,14 @@ def write_project(root: Path, tag: str, strategy: dict[str, Any] | None = None, 
 
 def status(env: dict[str, str]) -> dict[str, Any]:
     return json.loads(cli("get", "roll", "--output", "json", env=env).stdout)
+
+
+def agent_status(local_cluster: dict[str, Any]) -> dict[str, Any]:
+    """The status `get` shows, read straight from the agent: cheap enough to poll every 10 ms."""
+    from cortex_flows.backends.local.client import LocalBackend
+
+    found = asyncio.run(LocalBackend(local_cluster["home"], autostart=False).status("roll"))
+    return found.model_dump(mode="json") if found else {"versions": []}
 
 
 def assert_no_loss(outcomes: list[str], allowed: set[str], final: str) -> None:
@@ -186,13 +196,11 @@ def test_an_autoscaling_only_change_restarts_nothing(env, local_cluster, tmp_pat
     assert after["versions"][0]["spec_hash"] != spec_before
 
 
-# Observable points of a 3-replica rollout (surge 1, unavailable 0): (new ready, old desired).
+# Observable points of a 3-replica rollout (surge 1, unavailable 0): before, in the middle of and at the end
+# of the replacement. Every intermediate (new ready, old desired) pair is a case of the planner's unit tests.
 KILL_POINTS = [
     ("the new version exists", lambda new, old: new is not None),
-    ("1 new ready", lambda new, old: new is not None and new["ready"] >= 1),
     ("old down to 2", lambda new, old: old is not None and old["desired"] <= 2),
-    ("2 new ready", lambda new, old: new is not None and new["ready"] >= 2),
-    ("old down to 1", lambda new, old: old is not None and old["desired"] <= 1),
     ("3 new ready", lambda new, old: new is not None and new["ready"] >= 3),
 ]
 
@@ -203,20 +211,20 @@ def test_killing_the_flow_at_each_step_then_redeploying_converges(env, local_clu
     home = local_cluster["home"].root
     load = BackgroundLoad(url, {"x": 1}, connections=4)  # light: the point here is convergence
     for index, (point, reached) in enumerate(KILL_POINTS, start=1):
-        live = status(env)["versions"][0]["revision"]
+        live = agent_status(local_cluster)["versions"][0]["revision"]
         write_project(project, f"t{index}")
         proc = subprocess.Popen(
             [sys.executable, "-m", "cortex_flows.cli", "deploy", str(project)], env={**os.environ, **env},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
 
-        wait_for(lambda live=live, reached=reached: _at(env, live, reached), 60, interval=0.01, what=point)
+        wait_for(lambda live=live, reached=reached: _at(local_cluster, live, reached), 60, interval=0.01, what=point)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
         state = deploy(path=str(project), return_state=True)
         assert state.is_completed(), f"after a kill at '{point}': {state.message}"
-        final = status(env)
+        final = agent_status(local_cluster)
         assert [(v["ready"], v["desired"], v["weight"]) for v in final["versions"]] == [(3, 3, 100)], point
         assert httpx.post(url, json={}).json() == {"tag": f"t{index}"}
         wait_for(lambda: len(serving_pids(home)) == 3, 30, what=f"3 replica processes after '{point}'")
@@ -225,9 +233,9 @@ def test_killing_the_flow_at_each_step_then_redeploying_converges(env, local_clu
     assert failures == [], f"{len(failures)} of {len(outcomes)} failed: {failures[:5]}"
 
 
-def _at(env: dict[str, str], live: int, reached: Any) -> bool:
+def _at(local_cluster: dict[str, Any], live: int, reached: Any) -> bool:
     """Whether the rollout away from revision `live` reached a kill point."""
-    versions = {v["revision"]: v for v in status(env)["versions"]}
+    versions = {v["revision"]: v for v in agent_status(local_cluster)["versions"]}
     new = next((v for rev, v in versions.items() if rev > live), None)
     return reached(new, versions.get(live))
 
@@ -236,11 +244,12 @@ def test_concurrent_changes_of_one_api_are_serialized(env, local_cluster, tmp_pa
     first = write_project(tmp_path / "a", "a1")
     deploy(path=str(first))
     second = write_project(tmp_path / "b", "b1")
-    write_project(first, "a2")
+    gate = tmp_path / "gate"
+    write_project(first, "a2", gate=str(gate))  # its replicas wait for the gate: the rollout stays in progress
     command = [sys.executable, "-m", "cortex_flows.cli", "deploy"]
     a = subprocess.Popen([*command, str(first)], env={**os.environ, **env}, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    wait_for(lambda: len(status(env)["versions"]) == 2, 60, interval=0.01, what="the first rollout to start")
+    wait_for(lambda: len(agent_status(local_cluster)["versions"]) == 2, 60, interval=0.01, what="the first rollout")
 
     busy = cli("deploy", str(second), "--no-wait", env=env, timeout=60)
     assert busy.returncode == 1
@@ -248,6 +257,7 @@ def test_concurrent_changes_of_one_api_are_serialized(env, local_cluster, tmp_pa
 
     b = subprocess.Popen([*command, str(second)], env={**os.environ, **env}, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    gate.touch()
     assert a.wait(120) == 0, a.stderr.read()
     assert b.wait(120) == 0, b.stderr.read()
     history = asyncio.run(_history(local_cluster))
