@@ -5,10 +5,12 @@ Shared by every integration test that talks to AWS; see reference/testing.md §3
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -132,10 +134,17 @@ def prefect_api() -> Iterator[str]:
 @pytest.fixture
 def local_cluster(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """A private agent home and gateway port for one test; the agent is stopped afterwards."""
+    with running_local_cluster(tmp_path_factory.mktemp("cortex-home"), monkeypatch) as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def running_local_cluster(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    """The local backend's settings for an agent home (its agent starts on first use), and that agent
+    stopped on the way out."""
     from cortex_flows.backends.local.client import stop_agent
     from cortex_flows.backends.local.home import LocalHome
 
-    home = tmp_path_factory.mktemp("cortex-home")
     port = free_port()
     monkeypatch.setenv("CORTEX_FLOWS_HOME", str(home))
     monkeypatch.setenv("CORTEX_FLOWS_GATEWAY_PORT", str(port))
@@ -144,3 +153,50 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
         yield {"home": LocalHome(home), "port": port, "gateway": f"http://127.0.0.1:{port}", "env": env}
     finally:
         stop_agent(LocalHome(home), timeout=20)
+
+
+class Webhook:
+    """A webhook receiver on a free loopback port, saved as a Prefect `CustomWebhookNotificationBlock` whose
+    bearer token is one of the block's secrets: what a team's chat or pager integration looks like."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        import uuid
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.token = f"hook-secret-{uuid.uuid4().hex}"
+        self.received: list[dict[str, Any]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                received.append({"authorization": self.headers.get("Authorization"), **body})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/ml-oncall"
+        self.name = f"oncall-{uuid.uuid4().hex[:8]}"
+
+    def save(self) -> str:
+        """Save the block; returns the reference a flow's `notify` parameter takes."""
+        from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+        CustomWebhookNotificationBlock(
+            name="ml on-call", url=self.url, json_data={"subject": "{{subject}}", "text": "{{body}}"},
+            headers={"Authorization": "Bearer {{token}}"}, secrets={"token": self.token},
+        ).save(self.name)  # fmt: skip
+        return f"custom-webhook/{self.name}"
+
+
+@pytest.fixture
+def webhook(prefect_api: str) -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.server.shutdown()

@@ -45,6 +45,7 @@ from cortex_flows.tasks.canary import (
 )
 from cortex_flows.tasks.clusters import load_cluster
 from cortex_flows.tasks.deploy import apply, build, load_project, plan, prepare, store
+from cortex_flows.tasks.notify import check_notifier, send_notice
 from cortex_flows.tasks.rollout import RolloutFailed, smoke_test
 
 MAX_PAUSE_SLEEP = 300.0  # a paused rollout looks at the clock at least this often
@@ -84,15 +85,19 @@ def canary_rollout(
     smoke_payload: dict[str, Any] | list[Any] | None = None,
     wait: bool = True,
     hold_timeout: int = 24 * 3600,
+    notify: str | None = None,
 ) -> dict[str, Any]:
     """Canary the project's API (the spec's `canary:` policy, with these overrides) and promote it, or
     roll it back and fail. Returns the outcome, the revisions and the step ledger.
 
     With `inconclusive: hold` a step without a clear answer pauses the flow run until someone resumes it
     with a `HoldDecision` (the Prefect UI shows the form); nobody answering within `hold_timeout`
-    seconds rolls back."""
+    seconds rolls back. `notify` names a Prefect notification block ('<block-type-slug>/<block-name>') to
+    tell when the canary rolls back."""
     logger = get_run_logger()
     target = load_cluster(cluster)
+    if notify:
+        check_notifier.submit(notify).result()
     project = load_project(path)
     spec = project.select(api)
     policy = apply_overrides(spec.canary, {"steps": steps, "bake": bake_time, "analysis_interval": analysis_interval,
@@ -126,6 +131,8 @@ def canary_rollout(
               render_plan(steps_plan), "", "## Ledger", "", markdown_table(ledger)]  # fmt: skip
     create_markdown_artifact(key="canary-report", markdown="\n".join(report), description="cortex-flows canary")
     if outcome["outcome"] != "promoted":
+        subject = f"cortex-flows: canary of {spec.name} r{decided.revision} rolled back to r{stable}"
+        send_notice(notify, subject, [outcome["reason"]])
         raise RolloutFailed(f"{spec.name}: canary rolled back: {outcome['reason']}")
     return {**outcome, "ledger": ledger}
 

@@ -10,6 +10,7 @@ from prefect import flow
 from cortex_flows.flows.rollouts import Rollout, run_rollouts
 from cortex_flows.tasks.clusters import load_cluster
 from cortex_flows.tasks.deploy import build, check_splitters, load_project, route_splitter, store
+from cortex_flows.tasks.notify import check_notifier
 
 
 @flow(name="deploy", flow_run_name="deploy {path}", log_prints=True)
@@ -19,6 +20,7 @@ def deploy(
     timeout: float | None = None,
     smoke_payload: dict[str, Any] | list[Any] | None = None,
     wait: bool = True,
+    notify: str | None = None,
 ) -> dict[str, str]:
     """Deploy every API of a project (`cortex.yaml`) and wait until it serves.
 
@@ -31,11 +33,15 @@ def deploy(
             (default: readiness only).
         wait: If another deploy, rollback or refresh of one of these APIs is in progress, wait for it
             (else fail at once).
+        notify: A Prefect notification block to tell when a rollout fails and is rolled back, as
+            '<block-type-slug>/<block-name>' (e.g. 'slack-webhook/ml-oncall').
 
     Returns:
         API or splitter name -> endpoint URL.
     """
     target = load_cluster(cluster)
+    if notify:
+        check_notifier.submit(notify).result()
     project = load_project(path)
     if project.splitters:
         check_splitters.submit(project, target).result()
@@ -46,6 +52,7 @@ def deploy(
             "deploy", [Rollout(api, package) for api in project.realtime_apis], target,
             project_dir=project.project_dir, timeout=timeout, smoke_payload=smoke_payload, wait_for_others=wait,
             notices=[f"{n.path}: {n.message}" for n in project.notices], source=f"of `{project.file}`",
+            notify=notify,
         )  # fmt: skip
     for splitter in project.splitters:
         urls[splitter.name] = route_splitter.submit(splitter, target).result()

@@ -24,6 +24,7 @@ from cortex_flows.rollout.history import revision_rows
 from cortex_flows.serving.config import PackageRef
 from cortex_flows.spec import RealtimeAPI
 from cortex_flows.tasks.deploy import apply, finish, plan, prepare, read_history
+from cortex_flows.tasks.notify import send_notice
 from cortex_flows.tasks.rollout import roll
 
 STEPS = ("plan", "prepare", "apply", "roll", "finish")
@@ -49,8 +50,10 @@ def run_rollouts(
     wait_for_others: bool,
     notices: list[str] = (),  # type: ignore[assignment]
     source: str = "",
+    notify: str | None = None,
 ) -> dict[str, str]:
-    """Roll every API out concurrently; returns API name -> endpoint URL, or raises the first failure."""
+    """Roll every API out concurrently; returns API name -> endpoint URL, or raises the first failure (after
+    telling the notification block `notify`, if named)."""
     logger = get_run_logger()
     backend = cluster.get_backend()
     with ExitStack() as held:
@@ -103,6 +106,9 @@ def run_rollouts(
     for future in failed:
         logger.error("%s failed: %s", future.task_run_id, future.state.message)
     if failed:
+        names = ", ".join(sorted(chains))
+        reasons = [str(f.result(raise_on_failure=False)).splitlines()[0] for f in failed]  # the exceptions
+        send_notice(notify, f"cortex-flows: {what} of {names} failed; what changed was rolled back", reasons)
         failed[0].result()  # re-raise the first failure so the run ends Failed with its reason
     return endpoints
 

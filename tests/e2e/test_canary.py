@@ -165,12 +165,13 @@ def _artifact(key: str) -> str:
 
 
 @pytest.mark.parametrize(("mode", "reason"), [("errors", "error"), ("slow", "p99"), ("constant", "drift")])
-def test_a_bad_candidate_is_rolled_back_at_the_first_step(stable, mode, reason):
+def test_a_bad_candidate_is_rolled_back_at_the_first_step(stable, webhook, mode, reason):
     write_project(stable["project"], mode)
+    notify = webhook.save()
     load = BackgroundLoad(stable["url"], {"x": 1}, connections=4)
     load.wait_for(50)
     started = time.monotonic()
-    state = canary_rollout(path=str(stable["project"]), return_state=True)
+    state = canary_rollout(path=str(stable["project"]), notify=notify, return_state=True)
     elapsed = time.monotonic() - started
     time.sleep(0.5)
     outcomes = load.stop()
@@ -184,6 +185,9 @@ def test_a_bad_candidate_is_rolled_back_at_the_first_step(stable, mode, reason):
     print(f"\n{mode}: rolled back, 100% stable {to_stable:.1f}s after the step began; canary took {elapsed:.1f}s; "
           f"{len(failures)} of {len(outcomes)} requests failed")  # fmt: skip
     assert to_stable <= CANARY_INTERVAL + 2 + 3  # one analysis interval + 2 s, plus slack for 2 shared cores
+    [told] = webhook.received
+    assert told["subject"] == "cortex-flows: canary of canary r2 rolled back to r1"
+    assert reason in told["text"].lower() and told["authorization"] == f"Bearer {webhook.token}"
 
 
 def test_a_shadow_step_compares_answers_no_client_sees_and_rolls_back_on_disagreement(stable):

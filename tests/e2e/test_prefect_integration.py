@@ -84,6 +84,21 @@ def test_deploy_run_is_named_for_its_apis_and_revisions(prefect_api, local_clust
     assert asyncio.run(name()) == "deploy iris-classifier r1"
 
 
+def test_a_notify_block_that_cannot_notify_fails_the_deploy_before_anything_changes(prefect_api, local_cluster, tmp_path):
+    from prefect.blocks.system import Secret
+
+    from cortex_flows.backends.local.client import LocalBackend
+    from cortex_flows.flows.deploy import deploy
+
+    Secret(value="not a notifier").save("a-secret", overwrite=True)
+    project = str(example_project(tmp_path))
+    for reference, says in [("slack-oncall", "expected '<block-type-slug>/<block-name>'"),
+                            ("custom-webhook/nobody", "nobody"), ("secret/a-secret", "cannot send notifications")]:  # fmt: skip
+        state = deploy(path=project, notify=reference, return_state=True)
+        assert state.is_failed() and says in state.message, state.message
+    assert asyncio.run(LocalBackend().status("iris-classifier")) is None
+
+
 @pytest.mark.parametrize("is_async", [False, True])
 def test_sync_and_async_tasks_retry_transient_failures_only(prefect_api, is_async):
     from prefect import flow, task

@@ -150,12 +150,17 @@ def test_update_refresh_rollback_and_max_surge_zero_lose_no_request(env, local_c
         ("slow", "not ready by the progress deadline"),  # never ready in time
     ],
 )
-def test_a_broken_version_is_rolled_back_without_losing_a_request(env, local_cluster, tmp_path, failure, reason):
+def test_a_broken_version_is_rolled_back_without_losing_a_request(
+    env, local_cluster, tmp_path, webhook, failure, reason
+):
     project = write_project(tmp_path / "roll", "v1")
     url = deploy(path=str(project))["roll"]
     write_project(project, "v2", fail=failure)
+    notify = webhook.save()
 
-    outcomes, state = rolled_under_load(url, lambda: deploy(path=str(project), timeout=4, return_state=True))
+    outcomes, state = rolled_under_load(
+        url, lambda: deploy(path=str(project), timeout=4, notify=notify, return_state=True)
+    )
 
     assert state.is_failed()
     assert reason in state.message and "rolled back" in state.message
@@ -165,6 +170,21 @@ def test_a_broken_version_is_rolled_back_without_losing_a_request(env, local_clu
     assert len(serving_pids(local_cluster["home"].root)) == 3
     report = asyncio.run(_artifact(state.state_details.flow_run_id, "deploy-report"))
     assert "FAILED" in report and "aborted" in report and "r1: back to 3 ready" in report
+    [told] = webhook.received  # the on-call channel heard once, with the reason and a link to the run
+    assert told["authorization"] == f"Bearer {webhook.token}"
+    assert told["subject"] == "cortex-flows: deploy of roll failed; what changed was rolled back"
+    assert told["text"].startswith("roll: ") and reason in told["text"]
+    assert f"/flow-run/{state.state_details.flow_run_id}" in told["text"]  # a link to the run in the Prefect UI
+    assert webhook.token not in report + asyncio.run(_logs(state.state_details.flow_run_id))
+
+
+async def _logs(flow_run_id: Any) -> str:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async with get_client() as client:
+        run = await client.read_flow_run(flow_run_id)
+        logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return json.dumps(run.parameters) + "\n".join(log.message for log in logs)
 
 
 async def _artifact(flow_run_id: Any, key: str) -> str:
