@@ -4,7 +4,8 @@ The candidate model is trained into a hidden file beside the project's model (pa
 evaluated on the held-out split and gated against a floor and against what production serves now (the
 `model-quality-<api>` table artifact recorded by the last successful deploy). Only a model that passes
 replaces the project's model and ships: `deploy` for a new API, `canary_rollout` otherwise, as subflows.
-A refusal is a decision: the run completes, nothing ships, the `gate-decision` artifact says why.
+A refusal is a decision: the run completes, nothing ships, the `gate-decision` artifact says why, and the
+event `cortex.model.refused` (else `cortex.model.approved`) carries the figures for automations.
 
     python deployments/iris-classifier/pipeline.py      # against the local agent
 """
@@ -27,6 +28,7 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from cortex_flows.flows.canary import canary_rollout
@@ -160,6 +162,7 @@ def train_and_deploy(
     seed: int = 0,
     holdout: float = 0.3,
     degrade: float = 0.0,
+    notify: str | None = None,
 ) -> dict[str, Any]:
     """Train the iris classifier, evaluate it on held-out data and deploy it if it passes the gate.
 
@@ -169,6 +172,7 @@ def train_and_deploy(
         min_accuracy: The least held-out accuracy a model may ship with.
         seed, holdout: The train/test split (and the model's random state).
         degrade: Share of training labels relabelled at random (0..1): a deliberately worse model.
+        notify: A Prefect notification block ('<block-type-slug>/<block-name>') told if the rollout rolls back.
 
     Returns:
         {"deployed": False, "reason"} on a refusal, else {"deployed": True, "outcome", "revision",
@@ -202,6 +206,13 @@ def train_and_deploy(
         ]),
         description=f"train-and-deploy gate for {api.name}",
     )  # fmt: skip
+    emit_event(
+        event=f"cortex.model.{'approved' if decision.passed else 'refused'}",
+        resource={"prefect.resource.id": f"cortex.model.{sha[:12]}", "prefect.resource.name": f"model {sha[:12]}"},
+        related=[{"prefect.resource.id": f"cortex.api.{api.name}", "prefect.resource.role": "api"}],
+        payload={"api": api.name, "accuracy": accuracy, "min_accuracy": min_accuracy, "reason": decision.reason,
+                 "production": None if production is None else production["accuracy"], "model_sha256": sha},
+    )  # fmt: skip
     if not decision.passed:
         Path(candidate).unlink(missing_ok=True)
         return {"deployed": False, "reason": decision.reason, "accuracy": accuracy, "model_sha256": sha}
@@ -211,11 +222,13 @@ def train_and_deploy(
     context = f"model {sha[:12]} from training run {run_id}"
     with tags(f"training-run:{run_id}", f"model:{sha[:12]}"):
         if first:
-            deploy.with_options(flow_run_name=f"deploy {api.name}: {context}")(path=path, cluster=cluster)
+            deploy.with_options(flow_run_name=f"deploy {api.name}: {context}")(
+                path=path, cluster=cluster, notify=notify
+            )
             result = {"outcome": "deployed"}
         else:
             result = canary_rollout.with_options(flow_run_name=f"canary {api.name}: {context}")(
-                path=path, api=api.name, cluster=cluster
+                path=path, api=api.name, cluster=cluster, notify=notify
             )
     revision = result.get("revision")
     if revision is None:  # the deploy flow returns endpoints: ask the backend
