@@ -41,6 +41,7 @@ from cortex_flows.tasks.canary import (
     move,
     promote,
     roll_back,
+    serving_weights,
     shadow_report,
 )
 from cortex_flows.tasks.clusters import load_cluster
@@ -105,6 +106,9 @@ def canary_rollout(
     package = store(build(project), target)
     backend = target.get_backend()
     with backend.hold(spec.name, wait=wait, what=f"canary of {spec.name}"):
+        serving = _call(serving_weights, spec.name, target)
+        if len(serving) > 1:  # an interrupted rollout: a canary from here would judge the wrong baseline
+            raise RolloutFailed(_left_over(spec.name, serving, path))
         decided = plan.submit(spec, package, target).result()
         if decided.action is DeployAction.UP_TO_DATE:  # e.g. a scheduled run with no new model: nothing to do
             logger.info("%s r%d is up to date: no canary", spec.name, decided.revision)
@@ -250,6 +254,16 @@ def _sleep_until_open(policy: Any) -> datetime:
         raise RolloutFailed("the canary's windows never open again within a year")
     CLOCK.sleep(min(MAX_PAUSE_SLEEP, max(1.0, (opens - CLOCK.now()).total_seconds())))
     return opens
+
+
+def _left_over(name: str, serving: dict[int, int], path: str) -> str:
+    """What an interrupted rollout left and the two ways on from it."""
+    stable, *rest = sorted(serving)
+    weights = ", ".join(f"r{rev} {weight}%" for rev, weight in sorted(serving.items()))
+    left = ", ".join(f"r{rev}" for rev in rest)
+    return (f"{name}: {left} {'is' if len(rest) == 1 else 'are'} left over from an interrupted rollout ({weights}); "
+            f"run `cortex-flows rollback {name} --to {stable}` to go back to r{stable}, then canary again, or "
+            f"`cortex-flows deploy {path}` to finish without analysis")  # fmt: skip
 
 
 def _call(task: Any, *args: Any) -> Any:

@@ -37,6 +37,13 @@ async def live_replicas(api: str, revision: int, cluster: CortexCluster) -> int:
     return version.desired
 
 
+@task(task_run_name="versions of {api}", **INFRA_RETRIES)
+async def serving_weights(api: str, cluster: CortexCluster) -> dict[int, int]:
+    """Revision -> traffic weight of every version the API runs now (empty if it is not deployed)."""
+    status = await cluster.get_backend().status(api)
+    return {v.revision: v.weight for v in status.versions} if status else {}
+
+
 @task(task_run_name="analyse {api} at {weight}%")
 async def bake(
     api: str,

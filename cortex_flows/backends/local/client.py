@@ -231,9 +231,12 @@ class LocalBackend:
                     raise ApiBusy(f"{api}: {holder} is in progress; try again when it ends", status=409) from None
                 log.info("%s: waiting for %s to finish", api, holder)
                 fcntl.flock(lock, fcntl.LOCK_EX)
-            lock.truncate(0)
-            lock.write(f"{what} (pid {os.getpid()})")
-            lock.flush()
+            try:  # unbuffered, so a failed write leaves nothing to flush on close
+                os.ftruncate(lock.fileno(), 0)
+                os.write(lock.fileno(), f"{what} (pid {os.getpid()})".encode())
+            except OSError as exc:  # e.g. a full disk: say where, change nothing
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                raise BackendError(f"cannot write {path}: {exc.strerror}; the agent's home needs free space") from exc
             try:
                 yield
             finally:
