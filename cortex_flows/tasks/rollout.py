@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 from prefect.events import emit_event
 
-from cortex_flows.backends.base import Backend, BackendError, Outcome, VersionStatus
+from cortex_flows.backends.base import ApiStatus, Backend, BackendError, Outcome, VersionStatus
 from cortex_flows.blocks import CortexCluster
 from cortex_flows.rollout.plan import Action, DeployPlan
 from cortex_flows.rollout.rolling import rolling_steps, shrink_oldest, traffic_weights
@@ -26,6 +26,7 @@ from cortex_flows.spec import RealtimeAPI
 from cortex_flows.tasks.retry import INFRA_RETRIES
 
 POLL_SECONDS = 0.1
+STATUS_ATTEMPTS = 5  # reads retried over ~15 s: long enough for a killed local agent to be restarted
 ROLLBACK_DEADLINE_SECONDS = 600.0
 
 
@@ -51,13 +52,26 @@ def _emit(event: str, api: str, decided: DeployPlan, payload: dict[str, object])
     emit_event(event=event, resource=resource, payload={"revision": decided.revision, **payload})
 
 
+async def _status(backend: Backend, api: str) -> ApiStatus | None:
+    """The API's status, read as a task would: transient failures (the agent restarting, a 503) are retried
+    with backoff, so a rollout in progress outlives them; anything else fails at once."""
+    for attempt in range(STATUS_ATTEMPTS - 1):
+        try:
+            return await backend.status(api)
+        except BackendError as exc:
+            if not exc.transient:
+                raise
+            await asyncio.sleep(2**attempt)
+    return await backend.status(api)
+
+
 def _version(status: object, revision: int) -> VersionStatus | None:
     versions = getattr(status, "versions", None) or []
     return next((v for v in versions if v.revision == revision), None)
 
 
 async def _ready_counts(backend: Backend, api: str) -> dict[int, int]:
-    status = await backend.status(api)
+    status = await _status(backend, api)
     return {v.revision: v.ready for v in status.versions} if status else {}
 
 
@@ -76,7 +90,7 @@ async def scale_up(
     started = time.monotonic()
     await backend.scale_version(api, revision, replicas, arm)
     while True:
-        version = _version(await backend.status(api), revision)
+        version = _version(await _status(backend, api), revision)
         if version is None:
             raise RolloutFailed(f"{api}: revision {revision} disappeared")
         if new and version.restarts > 0:
@@ -112,7 +126,7 @@ async def smoke_test(api: str, revision: int, cluster: CortexCluster, payload: o
         try:
             code, body = await backend.probe(api, revision, check)
         except BackendError as exc:
-            version = _version(await backend.status(api), revision)
+            version = _version(await _status(backend, api), revision)
             if version is not None and version.restarts > 0:  # the replica died under the probe
                 raise RolloutFailed(f"{api}: a replica of revision {revision} crashed: {version.message}") from exc
             if exc.transient:
@@ -143,7 +157,7 @@ async def roll(
     timeline = Timeline()
     if decided.action is Action.UP_TO_DATE:
         return []
-    status = await backend.status(api.name)
+    status = await _status(backend, api.name)
     new = _version(status, decided.revision)
     old = {v.revision: v.desired for v in status.versions if v.revision != decided.revision} if status else {}
     surge, unavailable = api.update_strategy.resolve(decided.replicas)
@@ -175,7 +189,7 @@ async def roll(
                         await scale_down(api.name, rev, targets[rev], cluster)
                         timeline.add(f"r{rev}: drained and stopped down to {targets[rev]}")
                 old = targets
-            new = _version(await backend.status(api.name), decided.revision)
+            new = _version(await _status(backend, api.name), decided.revision)
             await aupdate_progress_artifact(progress, 100.0 * index / len(steps))
         await _move_traffic(api.name, backend, cluster, {decided.revision})
     except Exception as exc:  # whatever stopped the rollout, the traffic goes back
@@ -192,7 +206,7 @@ async def roll_back(api: str, decided: DeployPlan, cluster: CortexCluster, timel
     """Give the older versions back their replicas (waiting until ready) and all the traffic, then drain
     and remove the new version. A new API has nothing to return to: it is removed, as if never deployed."""
     backend = cluster.get_backend()
-    status = await backend.status(api)
+    status = await _status(backend, api)
     originals = {rev: n for rev, n in _original_replicas(status, decided).items() if rev != decided.revision}
     for rev, replicas in originals.items():
         await scale_up(api, rev, replicas, cluster, time.time() + ROLLBACK_DEADLINE_SECONDS, new=False)
