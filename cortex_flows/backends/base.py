@@ -266,7 +266,9 @@ class Backend(Protocol):
     async def apply_version(
         self, api: str, version: VersionSpec, replicas: int, secret_env: dict[str, str] | None = None
     ) -> None:
-        """Create the version if absent (else update its replica count and in-place settings)."""
+        """Create the version if absent (else update its replica count and in-place settings). `secret_env`
+        is what only the API's replicas may read (AWS credentials; the API's keys in `CORTEX_API_KEYS`), kept
+        out of the version's recorded state and given to the replicas through a secret channel."""
 
     async def set_traffic(
         self, api: str, weights: dict[int, int], mirror: int | None = None, mirror_share: float = 0.0

@@ -9,8 +9,11 @@ from cortex_flows.serving.config import HandlerRef, PackageRef, ReplicaConfig, S
 from cortex_flows.spec import RealtimeAPI, TrafficSplitter, pod_hash, spec_hash, splitter_spec_hash
 
 
-def version_spec(api: RealtimeAPI, package: PackageRef, plan: DeployPlan, s3: S3Access | None = None) -> VersionSpec:
-    """The version a deploy plan asks for; its hashes include the plan's refresh token."""
+def version_spec(
+    api: RealtimeAPI, package: PackageRef, plan: DeployPlan, s3: S3Access | None = None, keys_digest: str = ""
+) -> VersionSpec:
+    """The version a deploy plan asks for; its hashes include the plan's refresh token and the digest of
+    the API's keys (the keys themselves travel only as secret env)."""
     revision = plan.revision
     replica = ReplicaConfig(
         api_name=api.name,
@@ -34,8 +37,8 @@ def version_spec(api: RealtimeAPI, package: PackageRef, plan: DeployPlan, s3: S3
         revision=revision,
         endpoint=api.endpoint,
         package_id=package.sha256,
-        spec_hash=spec_hash(api, package.sha256, plan.restart),
-        pod_hash=pod_hash(api, package.sha256, plan.restart),
+        spec_hash=spec_hash(api, package.sha256, plan.restart, keys_digest),
+        pod_hash=pod_hash(api, package.sha256, plan.restart, keys_digest),
         replica=replica,
         spec=api.model_dump(mode="json"),
         restart=plan.restart,

@@ -3,7 +3,8 @@
 One process per replica; with `--prepare-only` it fetches the package and installs its dependencies,
 then exits (a backend runs this once per version before starting replicas, so a requirement that
 cannot be installed fails the rollout with pip's message before any traffic moves). Logs go to stderr (the supervisor redirects them to the replica's log file);
-exit codes are listed in `cortex_flows.serving.server`.
+exit codes are listed in `cortex_flows.serving.server`. API keys, if the API has them, come in the
+environment variable `CORTEX_API_KEYS` (see `cortex_flows.serving.auth`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import uvloop
 from pydantic import ValidationError
 
 from cortex_flows.packaging.dependencies import DependencyError
+from cortex_flows.serving.auth import API_KEYS_ENV, ApiKeys, ApiKeysError, parse_api_keys
 from cortex_flows.serving.config import ReplicaConfig
 from cortex_flows.serving.server import (
     EXIT_BAD_CONFIG,
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run one replica; never returns. Exits with `os._exit` so a handler thread stuck past the grace
     period (threads cannot be cancelled) cannot keep a stopped replica alive."""
     args = parse_args(argv)
+    # Out of the environment before any user code runs: handlers and their subprocesses never see the keys.
+    keys_text = os.environ.pop(API_KEYS_ENV, None)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -69,12 +73,19 @@ def main(argv: list[str] | None = None) -> None:
         _exit(EXIT_BAD_CONFIG, f"bad replica config {args.config}: {exc}")
     if args.prepare_only:
         _prepare_and_exit(config)
+    api_keys = None
+    if keys_text is not None:
+        try:
+            api_keys = ApiKeys(parse_api_keys(keys_text))
+        except ApiKeysError as exc:  # never serve open when keys were meant: refuse to start
+            _exit(EXIT_BAD_CONFIG, f"bad API keys in ${API_KEYS_ENV}: {exc}")
+        log.info("predict requests need one of %d API key(s)", len(api_keys))
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
         _exit(EXIT_BIND_FAILED, f"cannot bind {args.host}:{args.port}: {exc}")
     options = ServeOptions(parent_pid=args.parent_pid, drain_delay=args.drain_delay, grace=args.grace)
-    code = uvloop.run(Replica(config, options).run(sock))
+    code = uvloop.run(Replica(config, options, api_keys).run(sock))
     _exit(code)
 
 

@@ -3,7 +3,8 @@
 Five fixed routes need no router, and skipping Starlette's Request/Response objects on the hot path keeps
 per-request overhead to a header scan, admission, the handler call and two `send`s. Probes and
 `/metrics` bypass admission control (as Cortex's probes bypassed the proxy breaker) so a saturated
-replica still reports healthy and ready.
+replica still reports healthy and ready, and need no API key (the platform calls them). With API keys,
+a predict request without one of them is answered 401 before admission, so it never takes a slot.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import parse_qsl
 from starlette.responses import Response
 
 from cortex_flows.serving.admission import Admission, Overloaded
+from cortex_flows.serving.auth import ApiKeys
 from cortex_flows.serving.codec import JSON, decode_payload, encode_result
 from cortex_flows.serving.handlers import BadRequest, Invoker
 from cortex_flows.serving.metrics import METRICS_CONTENT_TYPE, ReplicaMetrics
@@ -34,6 +36,8 @@ log = logging.getLogger("cortex_flows.serving")
 PREDICT_PATHS = frozenset(("/", "/predict"))
 MAX_REQUEST_ID = 128  # longer client ids are replaced, so logs and headers stay bounded
 RETRY_AFTER = (b"retry-after", b"1")
+UNAUTHORIZED = "missing or invalid API key: send Authorization: Bearer <key> or X-Api-Key: <key>"
+WWW_AUTHENTICATE = (b"www-authenticate", b"Bearer")
 
 
 class _TooLarge(Exception):
@@ -48,7 +52,13 @@ class ReplicaApp:
     """ASGI app for one replica: predict routes behind admission control, probes and metrics beside."""
 
     def __init__(
-        self, *, revision: int, max_body_bytes: int, admission: Admission, metrics: ReplicaMetrics
+        self,
+        *,
+        revision: int,
+        max_body_bytes: int,
+        admission: Admission,
+        metrics: ReplicaMetrics,
+        api_keys: ApiKeys | None = None,
     ) -> None:
         self.invoker: Invoker | None = None
         self.draining = False
@@ -56,6 +66,7 @@ class ReplicaApp:
         self._max_body_bytes = max_body_bytes
         self._admission = admission
         self._metrics = metrics
+        self._api_keys = api_keys  # None: the API is open
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -66,7 +77,7 @@ class ReplicaApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are not served
             return
-        request_id = content_type = content_length = None
+        request_id = content_type = content_length = authorization = api_key = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value if len(value) <= MAX_REQUEST_ID else None
@@ -74,11 +85,17 @@ class ReplicaApp:
                 content_type = value
             elif name == b"content-length":
                 content_length = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-api-key":
+                api_key = value
         if request_id is None:
             request_id = uuid.uuid4().hex.encode()
         path, method = scope["path"], scope["method"]
         if path in PREDICT_PATHS:
-            if method == "POST":
+            if self._api_keys is not None and not self._api_keys.allows(authorization, api_key):
+                await self._reject(send, 401, UNAUTHORIZED, request_id, WWW_AUTHENTICATE)
+            elif method == "POST":
                 await self._predict(scope, receive, send, request_id, content_type, content_length)
             else:
                 await self._error(send, 405, "use POST", request_id, (b"allow", b"POST"))

@@ -1,7 +1,7 @@
 """What one replica needs to start: the seam between a backend and the serving runtime.
 
 A backend writes this as JSON next to the replica; it carries no secrets (credentials for an S3 package
-store reach the replica through its environment, never through this file).
+store, and the API's keys, reach the replica through its environment, never through this file).
 """
 
 from __future__ import annotations

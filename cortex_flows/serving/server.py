@@ -26,6 +26,7 @@ from cortex_flows.packaging.dependencies import DependencyError, Environment, ac
 from cortex_flows.processes import pid_alive
 from cortex_flows.serving.admission import Admission
 from cortex_flows.serving.app import ReplicaApp
+from cortex_flows.serving.auth import ApiKeys
 from cortex_flows.serving.config import ReplicaConfig
 from cortex_flows.serving.handlers import HandlerLoadError, load_handler
 from cortex_flows.serving.metrics import ReplicaMetrics
@@ -106,7 +107,7 @@ class _Server(uvicorn.Server):
 class Replica:
     """Wires config -> admission, metrics, app and uvicorn, and owns the shutdown sequence."""
 
-    def __init__(self, config: ReplicaConfig, options: ServeOptions) -> None:
+    def __init__(self, config: ReplicaConfig, options: ServeOptions, api_keys: ApiKeys | None = None) -> None:
         self.config = config
         self.options = options
         self.admission = Admission(config.max_concurrency, config.max_queue_length)
@@ -116,6 +117,7 @@ class Replica:
             max_body_bytes=config.max_body_bytes,
             admission=self.admission,
             metrics=self.metrics,
+            api_keys=api_keys,
         )
         self.executor = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="handler")
         # Not the loop's default executor: closing the loop joins that one, so a handler stuck in its

@@ -8,6 +8,10 @@ hash. Fields added after the first release (`ADDED_POD_FIELDS`, `ADDED_SPEC_FIEL
 only when they differ from their default, so upgrading cortex-flows does not change the hashes of APIs
 that do not use them (and roll their pods).
 
+API keys (`networking.api_keys`) name a Secret block; the pod hash covers a slow digest of the keys it
+holds (`keys_digest`, computed where the block is loaded), so new keys roll the replicas while the keys
+themselves never enter a hash that is shown.
+
 A TrafficSplitter has no pods: `splitter_spec_hash` covers all of its fields.
 """
 
@@ -35,12 +39,14 @@ ADDED_SPEC_FIELDS = {
     "update_strategy.progress_deadline": UpdateStrategy().progress_deadline,
     "canary": Canary().model_dump(mode="json"),  # rollout policy: never restarts replicas
     "canary.min_agreement": None,
+    "networking.api_keys": None,
 }
 HASH_LENGTH = 32  # hex characters, as Cortex truncates its spec ids
 
 
-def pod_hash(api: RealtimeAPI, package_id: str, restart: str = "") -> str:
-    """Changes exactly when running replicas must be replaced; `restart` is a refresh's token."""
+def pod_hash(api: RealtimeAPI, package_id: str, restart: str = "", keys_digest: str = "") -> str:
+    """Changes exactly when running replicas must be replaced; `restart` is a refresh's token,
+    `keys_digest` the digest of the API's keys (empty without keys)."""
     identity = _without_added_defaults(
         api.model_dump(mode="json", include={"name", "kind", *POD_FIELDS}), ADDED_POD_FIELDS
     )
@@ -48,13 +54,15 @@ def pod_hash(api: RealtimeAPI, package_id: str, restart: str = "") -> str:
     identity["package_id"] = package_id
     if restart:
         identity["restart"] = restart
+    if keys_digest:
+        identity["api_keys"] = keys_digest
     return _digest(identity)
 
 
-def spec_hash(api: RealtimeAPI, package_id: str, restart: str = "") -> str:
+def spec_hash(api: RealtimeAPI, package_id: str, restart: str = "", keys_digest: str = "") -> str:
     """Changes whenever anything deployable changes; equal spec hashes mean nothing to do."""
     identity = _without_added_defaults(api.model_dump(mode="json", include=set(SPEC_FIELDS)), ADDED_SPEC_FIELDS)
-    identity["pod_hash"] = pod_hash(api, package_id, restart)
+    identity["pod_hash"] = pod_hash(api, package_id, restart, keys_digest)
     return _digest(identity)
 
 

@@ -63,6 +63,7 @@ _API_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _ENDPOINT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 _S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BLOCK_NAME = re.compile(r"[a-z0-9-]+")  # Prefect's block document names
 _CLOCK = re.compile(r"(?P<h>\d{2}):(?P<m>\d{2})")
 _DATE = r"\d{4}-\d{2}-\d{2}"
 _FREEZE = re.compile(rf"(?P<first>{_DATE})(?:/(?P<last>{_DATE}))?")
@@ -405,10 +406,29 @@ class UpdateStrategy(SpecModel):
         return surge, 1 if surge == unavailable == 0 else unavailable
 
 
-class Networking(SpecModel):
-    """Where the gateway serves the API; after validation endpoint is always set."""
+def _check_block_name(value: str) -> str:
+    if not _BLOCK_NAME.fullmatch(value):
+        raise ValueError(
+            f"must name a Prefect Secret block (lowercase letters, digits and '-'), got {describe_value(value)}"
+        )
+    return value
 
-    endpoint: Endpoint | None = None  # default: "/<name>" (set by the API)
+
+BlockName = Annotated[str, AfterValidator(_check_block_name)]
+
+
+class SplitterNetworking(SpecModel):
+    """Where the gateway serves a TrafficSplitter; after validation endpoint is always set."""
+
+    endpoint: Endpoint | None = None  # default: "/<name>" (set by the splitter or API)
+
+
+class Networking(SplitterNetworking):
+    """Where the gateway serves the API, and who may call it. Keys are checked by the API's replicas, so a
+    splitter has none of its own: each API it sends a request to checks it."""
+
+    # Name of a Prefect Secret block holding the API's keys; None: no key needed. The name, never the keys.
+    api_keys: BlockName | None = None
 
 
 class Window(SpecModel):
@@ -628,7 +648,7 @@ class TrafficSplitter(SpecModel):
     name: ApiName
     kind: Literal["TrafficSplitter"]
     apis: list[SplitTarget]
-    networking: Networking = Field(default_factory=Networking)
+    networking: SplitterNetworking = Field(default_factory=SplitterNetworking)
 
     @model_validator(mode="after")
     def _check_targets(self) -> TrafficSplitter:

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.blocks.system import Secret
 
 from cortex_flows.backends.base import NotFound, Outcome, Revision
 from cortex_flows.backends.versions import splitter_spec, version_spec
@@ -13,16 +14,65 @@ from cortex_flows.blocks import CortexCluster
 from cortex_flows.packaging.build import BuiltPackage, build_package
 from cortex_flows.packaging.store import store_from_uri
 from cortex_flows.rollout.plan import Action, DeployPlan, LiveVersion, plan_deploy
+from cortex_flows.serving.auth import ApiKeysError, api_keys_env, keys_digest, parse_api_keys
 from cortex_flows.serving.config import PackageRef
-from cortex_flows.spec import ProjectSpec, RealtimeAPI, TrafficSplitter, load_spec, pod_hash, spec_hash
+from cortex_flows.spec import (
+    Problem,
+    ProjectSpec,
+    RealtimeAPI,
+    SpecError,
+    TrafficSplitter,
+    load_spec,
+    pod_hash,
+    spec_hash,
+)
 from cortex_flows.tasks.clusters import replica_aws_access, s3_client
 from cortex_flows.tasks.retry import INFRA_RETRIES
 
 
+def load_api_keys(api: RealtimeAPI) -> tuple[str, ...]:
+    """The API's keys, loaded by name from the Secret block `networking.api_keys` names (none without one).
+    Called inside tasks only, so keys never travel as parameters or results; errors name the block, never a key."""
+    name = api.networking.api_keys
+    if name is None:
+        return ()
+    try:
+        block = Secret.load(name, _sync=True)
+    except ValueError:  # Prefect's "Unable to find block document named ..."
+        example = f"prefect.blocks.system.Secret(value=['<key>', ...]).save({name!r})"
+        raise ApiKeysError(f"no Secret block named {name!r}; save the API's keys in one: {example}") from None
+    try:
+        return parse_api_keys(block.value.get_secret_value())
+    except ApiKeysError as exc:
+        raise ApiKeysError(f"the Secret block {name!r} cannot be used: {exc}") from None
+
+
+def _keys_of(api: RealtimeAPI) -> tuple[str, ...]:
+    """`load_api_keys` with the field path in its error (rollback and refresh run without the spec file)."""
+    try:
+        return load_api_keys(api)
+    except ApiKeysError as exc:
+        raise ApiKeysError(f"{api.name}.networking.api_keys: {exc}") from None
+
+
+def _digest(keys: tuple[str, ...]) -> str:
+    """What the pod identity covers of the keys ("" without keys, so hashes stay as they were)."""
+    return keys_digest(keys) if keys else ""
+
+
 @task(task_run_name="load spec")
 def load_project(path: str) -> ProjectSpec:
-    """Validate the spec; say once what an older Cortex spec holds that does not apply here."""
+    """Validate the spec, and the Secret blocks its APIs take keys from, before anything changes; say once
+    what an older Cortex spec holds that does not apply here."""
     project = load_spec(path)
+    problems = []
+    for api in project.realtime_apis:
+        try:
+            load_api_keys(api)
+        except ApiKeysError as exc:
+            problems.append(Problem(f"{api.name}.networking.api_keys", str(exc)))
+    if problems:
+        raise SpecError(project.file, problems)
     for notice in project.notices:
         get_run_logger().warning("%s: %s", notice.path, notice.message)
     return project
@@ -59,9 +109,10 @@ async def plan(api: RealtimeAPI, package: PackageRef, cluster: CortexCluster, re
     history = await backend.history(api.name) if status else []
     newest = max(versions, key=lambda v: v.revision, default=None)
     token = restart if restart is not None else newest.restart if newest else ""
+    digest = _digest(_keys_of(api))
     decided = plan_deploy(
-        spec_hash=spec_hash(api, package.sha256, token),
-        pod_hash=pod_hash(api, package.sha256, token),
+        spec_hash=spec_hash(api, package.sha256, token, digest),
+        pod_hash=pod_hash(api, package.sha256, token, digest),
         live=live,
         last_revision=max((r.revision for r in history), default=0),
         init_replicas=api.init_replicas,
@@ -84,19 +135,22 @@ async def prepare(
         return  # the replicas that serve already have what they need
     if not (project_dir / api.dependencies.pip).is_file():
         return  # nothing to install (a file absent from the project is absent from its package)
-    s3, secret_env = replica_aws_access(cluster)
-    version = version_spec(api, package, decided, s3)
+    s3, secret_env = replica_aws_access(cluster)  # not the API keys: installing needs none
+    version = version_spec(api, package, decided, s3, _digest(_keys_of(api)))
     get_run_logger().info("%s: %s", api.name, await cluster.get_backend().prepare_version(api.name, version, secret_env))
 
 
 @task(task_run_name="apply {api.name}", **INFRA_RETRIES)
 async def apply(api: RealtimeAPI, package: PackageRef, decided: DeployPlan, cluster: CortexCluster) -> None:
     """Create the plan's version with no replicas (the rollout starts them), or update it in place
-    keeping its replicas."""
+    keeping its replicas. The secret env is always given whole (possibly empty), so credentials or keys
+    that were removed do not linger where replicas read them."""
     if decided.action is Action.UP_TO_DATE:
         return
-    s3, secret_env = replica_aws_access(cluster)
-    version = version_spec(api, package, decided, s3)
+    s3, aws_env = replica_aws_access(cluster)
+    keys = _keys_of(api)
+    secret_env = {**(aws_env or {}), **(api_keys_env(keys) if keys else {})}
+    version = version_spec(api, package, decided, s3, _digest(keys))
     backend = cluster.get_backend()
     status = await backend.status(api.name)
     current = next((v for v in status.versions if v.revision == decided.revision), None) if status else None

@@ -27,6 +27,8 @@ from cortex_flows.backends.kubernetes.manifests import (
     STARTUP_BUDGET_SECONDS,
     KubeTarget,
     annotations_of,
+    api_keys_secret,
+    api_keys_secret_name,
     apportion,
     dump_yaml,
     labels,
@@ -41,6 +43,7 @@ from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS
 from cortex_flows.backends.versions import splitter_spec, version_spec
 from cortex_flows.rollout.plan import Action, DeployPlan
 from cortex_flows.serving.__main__ import parse_args
+from cortex_flows.serving.auth import API_KEYS_ENV, api_keys_env, keys_digest, parse_api_keys
 from cortex_flows.serving.config import PackageRef, ReplicaConfig, S3Access
 from cortex_flows.serving.metrics import ReplicaMetrics
 from cortex_flows.spec import API_KINDS, ProjectSpec, RealtimeAPI, TrafficSplitter
@@ -873,3 +876,48 @@ def test_render_project_creates_revision_one_at_full_weight() -> None:
     splitter = next(s for s in FULL.splitters)
     assert isinstance(splitter, TrafficSplitter) and splitter.shadow is not None
     assert objects[-1]["spec"]["rules"][0]["filters"][1]["requestMirror"]["percent"] == splitter.shadow.weight
+
+
+# --- API keys --------------------------------------------------------------------------------------
+
+
+def test_api_keys_reach_only_the_serving_container_by_secret_key_ref() -> None:
+    """The keys are in one object, the API's keys Secret; the Deployment names it by secretKeyRef in the
+    serving container only, so no manifest holds a key and the init container (pip) never gets one."""
+    keys = ("k-manifest-never-inline-5e1d", "k-second-77c0")
+    plain = _api(IRIS, "iris-classifier")
+    api = RealtimeAPI.model_validate(
+        plain.model_dump() | {"networking": {"endpoint": plain.endpoint, "api_keys": "iris-keys"}}
+    )
+    ref = {"secretKeyRef": {"name": "iris-classifier-api-keys", "key": "api-keys"}}
+    reference = {"name": API_KEYS_ENV, "valueFrom": ref}
+    for name, target in TARGETS.items():
+        plan = DeployPlan(Action.CREATE, 1, 2)
+        version = version_spec(api, PACKAGE, plan, keys_digest=keys_digest(keys))
+        objects = version_objects(version, 2, target, spec=api)
+        objects.append(route_object(api.name, api.endpoint, {1: 100}, target))
+        secret = api_keys_secret(api.name, api_keys_env(keys)[API_KEYS_ENV], target)
+        for obj in [*objects, secret]:
+            validate(obj)
+        text = dump_yaml(objects)
+        assert not any(key in text for key in keys), name
+        (pod,) = _pod_specs(objects)
+        (prepare,), (serve,) = pod["initContainers"], pod["containers"]
+        assert [e for e in serve["env"] if e["name"] == API_KEYS_ENV] == [reference], name
+        assert all("value" in e for e in serve["env"] if e != reference)  # the rest is plain, none secret
+        assert API_KEYS_ENV not in json.dumps(prepare), name
+        envs_from = [e["secretRef"]["name"] for c in (prepare, serve) for e in c.get("envFrom", [])]
+        assert api_keys_secret_name(api.name) not in envs_from, name  # by key only: never envFrom
+        assert secret["metadata"] == {"name": "iris-classifier-api-keys", "namespace": target.namespace,
+                                      "labels": labels("iris-classifier")}  # fmt: skip
+        assert parse_api_keys(secret["stringData"]["api-keys"]) == keys  # what the replica reads back
+    # Without api_keys nothing refers to keys; rotated keys change the pod template (the pods roll).
+    assert API_KEYS_ENV not in dump_yaml(version_objects(_version(plain), 1, KubeTarget(), spec=plain))
+    rotated = version_spec(api, PACKAGE, DeployPlan(Action.ROLL, 2, 2), keys_digest=keys_digest(("k-new-1",)))
+    before = version_spec(api, PACKAGE, DeployPlan(Action.ROLL, 2, 2), keys_digest=keys_digest(keys))
+    templates = [
+        _kinds(version_objects(v, 2, KubeTarget(), spec=api), "Deployment")[0]["spec"]["template"]
+        for v in (before, rotated)
+    ]
+    assert templates[0] != templates[1]
+    assert templates[0]["metadata"]["annotations"]["cortex-flows.dev/pod-hash"] == before.pod_hash

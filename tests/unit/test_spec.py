@@ -121,7 +121,7 @@ def test_minimal_spec_gets_every_cortex_default(project: Path) -> None:
                 "upscale_tolerance": 0.05,
             },
             "update_strategy": {"max_surge": "25%", "max_unavailable": "25%", "progress_deadline": "10m"},
-            "networking": {"endpoint": "/iris"},
+            "networking": {"endpoint": "/iris", "api_keys": None},
             "canary": {
                 "steps": [5, 25, 50, 100],
                 "bake": "1m",

@@ -43,12 +43,15 @@ from cortex_flows.backends.base import (
 from cortex_flows.backends.kubernetes.api import KubeApi
 from cortex_flows.backends.kubernetes.manifests import (
     KubeTarget,
+    api_keys_secret,
+    api_keys_secret_name,
     labels,
     route_object,
     splitter_route,
     version_name,
     version_objects,
 )
+from cortex_flows.serving.auth import API_KEYS_ENV
 
 if TYPE_CHECKING:
     from cortex_flows.rollout.shadow import ShadowReport
@@ -334,7 +337,7 @@ class KubernetesBackend:
             for d in deployments:
                 for kind in (*VERSION_KINDS, self._autoscaler_kind()):
                     await kube.delete(kind, d["metadata"]["name"])
-            for name in (f"{api}-history", f"{api}-aws"):
+            for name in (f"{api}-history", f"{api}-aws", api_keys_secret_name(api)):
                 await kube.delete("ConfigMap" if name.endswith("history") else "Secret", name)
             return True
 
@@ -420,12 +423,17 @@ class KubernetesBackend:
         return entry.version, current
 
     async def _target_for(self, kube: KubeApi, api: str, secret_env: dict[str, str] | None) -> KubeTarget:
-        """The target with the API's AWS Secret (written from the block's credentials, never inlined)."""
+        """The target with the API's AWS Secret (written from the block's credentials, never inlined); the
+        API's keys go to their own Secret, which only the serving container reads (by secretKeyRef)."""
         name = f"{api}-aws"
-        if secret_env:
+        aws_env = dict(secret_env or {})
+        keys = aws_env.pop(API_KEYS_ENV, None)
+        if keys is not None:
+            await kube.apply(api_keys_secret(api, keys, self.target))
+        if aws_env:
             secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                       "metadata": {"name": name, "namespace": self.target.namespace, "labels": labels(api)},
-                      "stringData": dict(secret_env)}  # fmt: skip
+                      "stringData": aws_env}  # fmt: skip
             await kube.apply(secret)
         elif await kube.get("Secret", name) is None:
             return self.target

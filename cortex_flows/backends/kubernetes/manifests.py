@@ -3,8 +3,10 @@
 Per version, all named `<api>-r<revision>`: a ConfigMap (the replica config), a Deployment, a ClusterIP
 Service, a PodDisruptionBudget and an autoscaler (a KEDA ScaledObject, or an autoscaling/v2 HPA on a
 Pods custom metric). Per API and per TrafficSplitter: one Gateway API HTTPRoute, named after it, that
-weights the versions' Services. The output is deterministic (no timestamps, fixed order), so the same
-specs always render byte-identical YAML and re-applying unchanged specs changes nothing.
+weights the versions' Services. An API with `networking.api_keys` also has the Secret `<api>-api-keys`
+(written by the backend, never rendered), which only the serving container reads, by `secretKeyRef`. The
+output is deterministic (no timestamps, fixed order), so the same specs always render byte-identical YAML
+and re-applying unchanged specs changes nothing.
 
 Selection: `labels(api)` is a subset of the labels of every object and pod of the API, so it selects them
 all; `selector_labels(api, revision)` selects one version's pods. What the backend reads back: on each
@@ -27,6 +29,7 @@ import yaml
 from cortex_flows.backends.base import SplitterSpec, VersionSpec
 from cortex_flows.backends.versions import splitter_spec, version_spec
 from cortex_flows.rollout.plan import Action, DeployPlan
+from cortex_flows.serving.auth import API_KEYS_ENV
 from cortex_flows.serving.config import PackageRef
 from cortex_flows.spec.models import AUTOSCALING_TICK_SECONDS, ProjectSpec, RealtimeAPI
 from cortex_flows.spec.quantities import is_zero
@@ -61,6 +64,8 @@ GRACE_SECONDS = 60
 # STARTUP_BUDGET_SECONDS to become ready before the kubelet restarts it; liveness only starts afterwards.
 STARTUP_PERIOD_SECONDS = 10
 STARTUP_BUDGET_SECONDS = 15 * 60
+
+API_KEYS_SECRET_KEY = "api-keys"  # in the Secret `api_keys_secret_name(api)`: the keys as JSON
 
 MAX_STABILIZATION_SECONDS = 3600  # the HPA API's limit; longer spec periods are cut to it
 POD_TEMPLATE_ANNOTATIONS = ("revision", "package-id", "pod-hash", "restart")
@@ -97,6 +102,22 @@ def labels(api: str, revision: int | None = None) -> dict[str, str]:
     out["app.kubernetes.io/part-of"] = MANAGED_BY
     out["app.kubernetes.io/managed-by"] = MANAGED_BY
     return out
+
+
+def api_keys_secret_name(api: str) -> str:
+    """The Secret holding an API's keys (written by the backend from the Secret block, never rendered)."""
+    return f"{api}-api-keys"
+
+
+def api_keys_secret(api: str, keys_json: str, target: KubeTarget) -> Obj:
+    """The API's keys as a Secret: the one object that holds them; pods reference it by name and key."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(api_keys_secret_name(api), target, labels(api)),
+        "stringData": {API_KEYS_SECRET_KEY: keys_json},
+    }
 
 
 def selector_labels(api: str, revision: int) -> dict[str, str]:
@@ -337,15 +358,20 @@ def _container_security() -> Obj:
     }
 
 
-def _env(api: RealtimeAPI) -> list[Obj]:
-    """HOME on a writable volume (pip, user libraries), then the user's variables (not secrets), which win."""
+def _env(api: RealtimeAPI, serving: bool) -> list[Obj]:
+    """HOME on a writable volume (pip, user libraries), then the user's variables (not secrets), which win;
+    for the serving container the API's keys, by reference to their Secret (never as a value)."""
     values = {"HOME": TMP_DIR} | api.env
-    return [{"name": key, "value": value} for key, value in values.items()]
+    env: list[Obj] = [{"name": key, "value": value} for key, value in values.items()]
+    if serving and api.networking.api_keys is not None:
+        ref = {"name": api_keys_secret_name(api.name), "key": API_KEYS_SECRET_KEY}
+        env.append({"name": API_KEYS_ENV, "valueFrom": {"secretKeyRef": ref}})
+    return env
 
 
-def _common(target: KubeTarget, api: RealtimeAPI) -> Obj:
+def _common(target: KubeTarget, api: RealtimeAPI, serving: bool) -> Obj:
     """What both containers share: environment, credentials by reference, volumes, security."""
-    container: Obj = {"env": _env(api)}
+    container: Obj = {"env": _env(api, serving)}
     if target.aws_secret:
         container["envFrom"] = [{"secretRef": {"name": target.aws_secret}}]
     container["volumeMounts"] = [
@@ -376,7 +402,7 @@ def _prepare_container(target: KubeTarget, api: RealtimeAPI) -> Obj:
         "name": "prepare",
         "image": target.image,
         "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}", "--prepare-only"],
-        **_common(target, api),
+        **_common(target, api, serving=False),
         "resources": _resources(api, gpu=False),
     }
 
@@ -398,7 +424,7 @@ def _serve_container(target: KubeTarget, api: RealtimeAPI) -> Obj:
         "image": target.image,
         "args": [*args, "--grace", str(GRACE_SECONDS)],
         "ports": [{"name": PORT_NAME, "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-        **_common(target, api),
+        **_common(target, api, serving=True),
         "resources": _resources(api, gpu=True),
         "startupProbe": _probe(
             READINESS_PATH, STARTUP_PERIOD_SECONDS, 3, STARTUP_BUDGET_SECONDS // STARTUP_PERIOD_SECONDS

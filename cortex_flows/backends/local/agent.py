@@ -55,6 +55,7 @@ from cortex_flows.backends.local.state import (
 )
 from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS, Supervisor, log_tail
 from cortex_flows.rollout.shadow import ShadowReport
+from cortex_flows.serving.auth import API_KEYS_ENV, parse_api_keys
 from cortex_flows.spec import RealtimeAPI
 
 log = logging.getLogger("cortex_flows.agent")
@@ -396,14 +397,19 @@ class Agent:
         return self.table.shadow_report(name)
 
     async def probe(self, api: str, revision: int, payload: object | None) -> tuple[int, str]:
+        """A smoke request to the revision; a POST to an API with keys carries the first one, as a client would."""
         self._record(api)
         ready = self.supervisor.ready_upstreams(api, revision)
         if not ready:
             raise BackendError(f"revision {revision} of {api!r} has no ready replica", status=409, transient=True)
         url = f"http://{ready[0].host}:{ready[0].port}"
+        keys = self._secret_env(api).get(API_KEYS_ENV)
+        headers = {"x-api-key": parse_api_keys(keys)[0]} if keys else {}
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client:
             try:
-                resp = await (client.get(f"{url}/readyz") if payload is None else client.post(url, json=payload))
+                resp = await (
+                    client.get(f"{url}/readyz") if payload is None else client.post(url, json=payload, headers=headers)
+                )
             except httpx.HTTPError as exc:
                 raise BackendError(f"probe of {api!r} r{revision} failed: {exc!r}", status=502) from exc
         return resp.status_code, resp.text
