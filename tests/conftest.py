@@ -123,12 +123,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
-    """One Prefect test server for the session (starting one costs ~10 s); yields its API URL."""
+    """One Prefect test server for the session (starting one costs ~10 s); yields its API URL. When the
+    session ends, no secret value saved in a block may appear in its runs' parameters, logs or artifacts."""
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    from tests.secret_scan import leaks
+
     with prefect_test_harness(server_startup_timeout=90):
         yield str(PREFECT_API_URL.value())
+        with get_client(sync_client=True) as client:  # what the session's runs recorded, before it goes
+            found = leaks(client)
+        assert not found, f"secret values saved in blocks surfaced in Prefect: {found[:10]}"
 
 
 @pytest.fixture
