@@ -50,7 +50,10 @@ class Handler:
         return {"prediction": label}
 """
 CANARY_INTERVAL = 10
-CANARY = {"steps": [30, 100], "bake": "10s", "analysis_interval": f"{CANARY_INTERVAL}s", "min_samples": 50}
+# A healthy candidate's p99 differs from the stable's by up to x1.7 when the whole suite shares 2 cores: the
+# latency check allows x3 here (the slow candidate is x5).
+CANARY = {"steps": [30, 100], "bake": "10s", "analysis_interval": f"{CANARY_INTERVAL}s", "min_samples": 50,
+          "max_latency_ratio": 3}  # fmt: skip
 
 
 def write_project(root: Path, mode: str, tag: str = "v2", canary: dict[str, Any] | None = None) -> Path:
