@@ -32,6 +32,8 @@ chromium:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; }
 
+# Every benchmark, gathered into bench/results/ (results.md, serving.png). The peers (BentoML, KServe, Ray Serve)
+# and matplotlib go into their own venvs under bench/.venv-peers (bench/peer_envs.py), never into .venv.
 bench: $(INSTALLED)
 	$(PY) bench/run_all.py
 

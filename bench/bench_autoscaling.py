@@ -41,7 +41,9 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_deploy import free_port
+import results
+from harness import free_port
+from results import Row
 
 HANDLER = """\
 import os
@@ -68,7 +70,7 @@ WAKE_AUTOSCALING = {
 COLD_AUTOSCALING = {"min_replicas": 0, "max_replicas": 1, "init_replicas": 0, "window": f"{WINDOW:g}s"}
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ cortex_flows\.autoscaler: (.*)$")
 DECISION = re.compile(r"^autoscaling (\S+) r\d+: in-flight ([\d.]+) ")
-EVENT = re.compile(r"^autoscaling event: (\S+) (\d+) -> (\d+)$")
+EVENT = re.compile(r"^autoscaling event: (\S+) r\d+ (\d+) -> (\d+)$")
 
 
 # --- one private agent --------------------------------------------------------------------------------
@@ -395,9 +397,33 @@ def report(
     print(f"\n(bench wall time {wall:.0f} s)")
 
 
+def rows(steps: list[Step], woke: list[float], cold: list[float]) -> list[Row]:
+    floor = statistics.median(cold)
+    knative = f"Knative panic window {KNATIVE_PANIC_WINDOW:g} s"
+    section = (f"Autoscaling: idle -> {CONNECTIONS} connections, 50 ms handler, window {WINDOW:g}s, "
+               f"upscale stabilization 0s")  # fmt: skip
+    out = []
+    for s in steps:
+        note = s.problem or (f"{sum(s.failed.values())} of {s.requests} requests failed" if s.failed else "")
+        out += [
+            Row(section, f"{s.label}: first scaling decision", s.event, "s",
+                None if s.event is None else s.event / KNATIVE_PANIC_WINDOW, knative, note=note),
+            Row(section, f"{s.label}: first response from a 2nd replica", s.second_serving, "s",
+                None if s.second_serving is None else s.second_serving / (KNATIVE_PANIC_WINDOW + floor),
+                f"{knative} + cold start {floor:.2f} s"),
+            Row(section, f"{s.label}: 4 replicas ready", s.ready.get(4), "s",
+                None if 4 not in s.ready else s.ready[4] / floor, f"cold start {floor:.2f} s"),
+        ]  # fmt: skip
+    median_woke = statistics.median(woke)
+    out.append(Row(section, "first request after scaling to zero (tick 1 s)", median_woke, "s", median_woke / floor,
+                   f"cold start {floor:.2f} s", "<= cold start + 0.5 s"))  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="scale-from-zero repetitions")
+    results.add_option(parser)
     args = parser.parse_args()
     begin = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="cortex-bench-autoscaling-"))
@@ -430,6 +456,7 @@ def main() -> None:
             cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     report(steps, woke, cold, idle, time.monotonic() - begin)
+    results.write(args.rows, rows(steps, woke, cold))
 
 
 if __name__ == "__main__":

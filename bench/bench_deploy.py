@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,43 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import results
+from harness import EXAMPLE, ROOT, free_port, start_prefect_server, train_iris, wait_http
+from results import Row
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "deployments" / "iris-classifier"
 SETOSA = {"features": [5.1, 3.5, 1.4, 0.2]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(method: str, url: str, timeout: float = 120.0, **kw) -> float:
-    """Poll until the URL answers 200; returns the monotonic time it did."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.request(method, url, timeout=2.0, **kw).status_code == 200:
-                return time.monotonic()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.01)
-    raise TimeoutError(url)
-
-
-def start_prefect_server(home: Path) -> tuple[subprocess.Popen, str, float]:
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/api"
-    ready = wait_http("GET", f"{url}/health")
-    return proc, url, ready - t0
 
 
 def floor_flow_run() -> float:
@@ -79,7 +46,8 @@ def floor_bare_process(model: Path) -> float:
     port = free_port()
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "bench_replica.py"), "--serve-bare", str(model), str(port)],
+        [sys.executable, str(ROOT / "bench" / "servers" / "starlette_floor.py"), "--model", str(model), "--port",
+         str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -123,13 +91,13 @@ def cli_deploy(project: Path, env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
+    results.add_option(parser)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cortex-bench-"))
     gateway_port = free_port()
     os.environ.update(CORTEX_FLOWS_HOME=str(tmp / "home"), CORTEX_FLOWS_GATEWAY_PORT=str(gateway_port))
     gateway = f"http://127.0.0.1:{gateway_port}"
-    subprocess.run([sys.executable, str(EXAMPLE / "train.py"), "--out", str(tmp / "model.joblib")], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    train_iris(tmp / "model.joblib")
     server, api_url, server_start = start_prefect_server(tmp / "prefect-home")
     os.environ["PREFECT_API_URL"] = api_url
     from cortex_flows.backends.local.client import start_agent, stop_agent
@@ -161,6 +129,7 @@ def main() -> None:
         stop_agent(LocalHome.default())
         server.terminate()
         server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     floors = flow_floor + bare_floor
     print("\nDeploy to first 200 (in-process flow, agent running, server running), median of", args.runs)
@@ -176,6 +145,16 @@ def main() -> None:
     print(
         f"  ratio ephemeral (existing home) / running server  {timings['ephemeral, existing home'] / timings['running server']:.2f} x"
     )
+    section = f"Deploy: iris example to first 200, median of {args.runs}"
+    running = timings["running server"]
+    results.write(args.rows, [
+        Row(section, "deploy flow to first 200 (agent and Prefect server running)", deploy_time, "s",
+            deploy_time / floors, f"floors: flow run {flow_floor:.2f} s + bare process to first 200 {bare_floor:.2f} s",
+            "<= 1.3x"),
+        Row(section, "CLI deploy, running Prefect server", running, "s"),
+        *(Row(section, f"CLI deploy, {label}", seconds, "s", seconds / running, "CLI deploy, running Prefect server")
+          for label, seconds in timings.items() if label != "running server"),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

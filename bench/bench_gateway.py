@@ -25,7 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import LoadResult, run_load, use_uvloop
+import results
+from harness import free_port
+from loadgen import LoadResult, measure, use_uvloop
+from results import Row
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = json.dumps({"features": [5.1, 3.5, 1.4, 0.2]}).encode()
@@ -77,12 +80,6 @@ def serve_gateway(port: int, upstream_port: int) -> None:
     asyncio.run(main())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -96,42 +93,9 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> 
     raise RuntimeError(f"nothing listening on port {port} after {timeout} s")
 
 
-def wait_ready(port: int, timeout: float = 30.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"http://127.0.0.1:{port}/readyz").status_code != 200:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"replica on port {port} not ready after {timeout} s")
-        time.sleep(0.05)
-
-
-def spawn_replica(port: int) -> subprocess.Popen:
-    """Our real replica serving the iris example's model with the built-in sklearn handler."""
-    import tempfile
-
-    from cortex_flows.serving.config import HandlerRef, ReplicaConfig
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    subprocess.run([sys.executable, str(ROOT / "deployments/iris-classifier/train.py"), "--out", str(tmp / "m.joblib")],
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    config = ReplicaConfig(api_name="bench", handler=HandlerRef(type="sklearn"), project_dir=str(tmp),
-                           model_path="m.joblib", max_concurrency=16)  # fmt: skip
-    (tmp / "replica.json").write_text(config.model_dump_json())
-    command = ["-m", "cortex_flows.serving", "--config", str(tmp / "replica.json"), "--port", str(port)]
-    return subprocess.Popen([sys.executable, *command], env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
 def spawn(*args: str, work_us: float = 0.0) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_WORK_US": str(work_us)}
     return subprocess.Popen([sys.executable, __file__, *args], env=env)
-
-
-async def measure(port: int, path: str, connections: int, duration: float) -> LoadResult:
-    warm = await run_load("127.0.0.1", port, path, BODY, connections=connections, duration=1.0)
-    if warm.ok == 0:
-        raise RuntimeError(f"warm-up on port {port} got no 2xx: {warm.summary()}")
-    return await run_load("127.0.0.1", port, path, BODY, connections=connections, duration=duration)
 
 
 def main() -> None:
@@ -143,7 +107,7 @@ def main() -> None:
     ap.add_argument("-d", "--duration", type=float, default=5.0, help="seconds per measurement")
     ap.add_argument("-r", "--rounds", type=int, default=2, help="direct/gateway pairs, best of each kept")
     ap.add_argument("--work-us", type=float, default=0.0, help="CPU the upstream burns per request")
-    ap.add_argument("--replica", action="store_true", help="upstream = our replica serving the iris model")
+    results.add_option(ap)
     args = ap.parse_args()
     if args.role == "upstream":
         serve_upstream(args.port)
@@ -153,31 +117,38 @@ def main() -> None:
         return
 
     up_port, gw_port = free_port(), free_port()
-    upstream = spawn_replica(up_port) if args.replica else spawn("upstream", "--port", str(up_port), work_us=args.work_us)
-    procs = [upstream]
+    procs = [spawn("upstream", "--port", str(up_port), work_us=args.work_us)]
     procs.append(spawn("gateway", "--port", str(gw_port), "--upstream", str(up_port)))
     try:
         wait_listening(up_port, procs[0])
         wait_listening(gw_port, procs[1])
-        if args.replica:
-            wait_ready(up_port)
         use_uvloop()
         direct: list[LoadResult] = []
         via: list[LoadResult] = []
         for _ in range(args.rounds):  # interleaved, so drift (thermal, other load) hits both alike
-            direct.append(asyncio.run(measure(up_port, "/", args.connections, args.duration)))
-            via.append(asyncio.run(measure(gw_port, "/bench", args.connections, args.duration)))
+            for port, path, runs in ((up_port, "/", direct), (gw_port, "/bench", via)):
+                runs.append(measure("127.0.0.1", port, path, BODY, connections=args.connections,
+                                    duration=args.duration, warmup=1.0))  # fmt: skip
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(timeout=10)
-    report(max(direct, key=lambda r: r.throughput), max(via, key=lambda r: r.throughput), args)
+    d, g = max(direct, key=lambda r: r.throughput), max(via, key=lambda r: r.throughput)
+    report(d, g, args)
+    section = f"Gateway overhead: trivial upstream (+{args.work_us:g} us/request), {args.connections} connections"
+    results.write(args.rows, [
+        Row(section, "throughput through the gateway", g.throughput, "req/s", g.throughput / d.throughput,
+            f"direct ({d.throughput:.0f} req/s)", ">= 0.90x"),
+        Row(section, "p50 through the gateway", g.p50_ms, "ms", g.p50_ms / d.p50_ms, f"direct ({d.p50_ms:.2f} ms)",
+            "<= direct + 0.50 ms", f"{g.p50_ms - d.p50_ms:+.2f} ms"),
+        Row(section, "p99 through the gateway", g.p99_ms, "ms", g.p99_ms / d.p99_ms, f"direct ({d.p99_ms:.2f} ms)"),
+    ])  # fmt: skip
 
 
 def report(d: LoadResult, g: LoadResult, args: argparse.Namespace) -> None:
     print(f"\n{args.connections} connections, {args.duration:.0f} s per run, best of {args.rounds}, "
-          f"upstream: {'our replica, iris model' if args.replica else f'trivial app + {args.work_us:.0f} us/request'}, "
+          f"upstream: trivial app + {args.work_us:.0f} us/request, "
           f"{os.cpu_count()} CPUs shared by all three processes")  # fmt: skip
     print(f"{'':10} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>8}")
     for name, r in (("direct", d), ("gateway", g)):

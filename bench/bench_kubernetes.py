@@ -17,7 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import results
 from kubernetes_asyncio.client import Configuration
+from results import Row
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -73,8 +75,11 @@ def main() -> None:
         "--latency-ms", type=float, nargs="+", default=[5.0, 30.0],
         help="API server round trips to model (in-cluster ~5 ms; a remote control plane ~30 ms)",
     )  # fmt: skip
+    results.add_option(parser)
     args = parser.parse_args()
     all_versions = versions(args.apis)
+    section = f"Concurrent deploys: {args.apis} APIs to a Kubernetes API server (kmock over HTTP)"
+    out = []
     print(f"{args.apis} APIs created (every object, history, route) and routed; kmock over HTTP")
     print("| API latency | mode | seconds | API calls | calls per deploy | concurrent / sequential |")
     print("|---:|---|---:|---:|---:|---:|")
@@ -86,12 +91,16 @@ def main() -> None:
                 seconds, calls = asyncio.run(run(kube.url, all_versions, concurrent))
             rows.append((concurrent, seconds, calls))
         ratio = rows[1][1] / rows[0][1]
+        out.append(Row(section, f"{args.apis} deploys concurrently, {latency:g} ms API latency", rows[1][1], "s", ratio,
+                       f"one after another ({rows[0][1]:.2f} s)", "<= 0.2x",
+                       f"{rows[1][2] / args.apis:.1f} API calls per deploy"))  # fmt: skip
         for concurrent, seconds, n in rows:
             mode = "concurrent" if concurrent else "sequential"
             print(f"| {latency:g} ms | {mode} | {seconds:.2f} | {n} | {n / args.apis:.1f} | "
                   f"{f'{ratio:.2f}x' if concurrent else ''} |")  # fmt: skip
     print("goal: concurrent <= 0.2x sequential. kmock serves one request at a time on one Python thread "
           "(~5-7 ms of CPU each), which bounds the concurrent time from below.")
+    results.write(args.rows, out)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,10 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_deploy import EXAMPLE, free_port, start_prefect_server, wait_http
+import results
+from harness import EXAMPLE, flush_prefect, free_port, start_prefect_server, wait_http
 from loadgen import LoadResult
+from results import Row
 
 NAME = "iris-classifier"
 REPLICAS = 3
@@ -176,15 +178,6 @@ def parse_timeline(report: str) -> tuple[list[str], float, list[int]]:
     return lines, span, waits
 
 
-def flush_prefect() -> None:
-    """Send Prefect's queued logs and events while the server is still up (else the exit hangs on retries)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)
-    EventsWorker.drain_all(timeout=10)
-
-
 def floor_batches() -> tuple[int, int, int]:
     from cortex_flows.rollout.rolling import batches, rolling_steps
     from cortex_flows.spec import UpdateStrategy
@@ -204,6 +197,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=3, help="replica start-to-ready measurements")
     parser.add_argument("--serve-load", nargs=4, help=argparse.SUPPRESS)
+    results.add_option(parser)
     args = parser.parse_args()
     if args.serve_load:
         port, path, connections, seconds = args.serve_load
@@ -290,6 +284,21 @@ def main() -> None:
     print("\nTimeline of the roll task (UTC)")
     for line in timeline:
         print(f"  {line}")
+    section = f"Rolling update: iris, {REPLICAS} replicas, {args.connections} connections through the gateway"
+    note = "" if state.is_completed() else f"the deploy flow ended {state.type.value}: {state.message}"
+    floor_of = f"floor: start-to-ready {start_to_ready:.2f} s x {n_batches} batches"
+    results.write(args.rows, [
+        Row(section, "p99 during the rollout", during.p99_ms, "ms", during.p99_ms / steady.p99_ms,
+            f"steady state ({steady.p99_ms:.2f} ms)", "<= 2x", note),
+        Row(section, "p50 during the rollout", during.p50_ms, "ms", during.p50_ms / steady.p50_ms,
+            f"steady state ({steady.p50_ms:.2f} ms)"),
+        Row(section, "throughput during the rollout", during.throughput, "req/s", during.throughput / steady.throughput,
+            f"steady state ({steady.throughput:.0f} req/s)"),
+        Row(section, "failed requests during the rollout", sum(during.errors.values()), goal="0",
+            note=str(during.errors or "")),
+        Row(section, "roll task duration", roll_span, "s", roll_span / floor, floor_of),
+        Row(section, "deploy flow wall time", flow_wall, "s", flow_wall / floor, floor_of),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -228,6 +228,32 @@ async def run_load(
     )
 
 
+def measure(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    *,
+    connections: int,
+    duration: float,
+    requests: int | None = None,
+    warmup: float = 0.0,
+) -> LoadResult:
+    """`warmup` seconds of the same load (discarded: it fills pools and caches), then one measured run.
+
+    The one entry point the benchmarks use to load a server, so every server sees exactly the same client.
+    """
+
+    async def both() -> LoadResult:
+        if warmup:
+            warm = await run_load(host, port, path, body, connections=connections, duration=warmup)
+            if warm.ok == 0:
+                raise RuntimeError(f"warm-up on port {port} got no 2xx: {warm.summary()}")
+        return await run_load(host, port, path, body, connections=connections, duration=duration, requests=requests)
+
+    return asyncio.run(both())
+
+
 def use_uvloop() -> None:
     """Install uvloop's event loop policy when available (it roughly doubles what one process can drive)."""
     with contextlib.suppress(ImportError):
