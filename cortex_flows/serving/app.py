@@ -140,15 +140,20 @@ class ReplicaApp:
         ):
             await self._reject(send, 413, self._too_large_message(), request_id, (b"connection", b"close"))
             return
+        try:  # before taking a slot: an upload that is slow, stalled or lying about its length holds none
+            body = await self._read_body(receive)
+        except _TooLarge:
+            await self._reject(send, 413, self._too_large_message(), request_id, (b"connection", b"close"))
+            return
+        except _Disconnected:
+            return
         try:
             await self._admission.acquire()
         except Overloaded:
             await self._reject(send, 503, "too many requests in flight", request_id, RETRY_AFTER)
             return
         try:
-            status = await self._run(scope, receive, send, invoker, request_id, content_type)
-        except _Disconnected:
-            return
+            status = await self._run(scope, receive, send, invoker, request_id, content_type, body)
         finally:
             self._admission.release()
         self._metrics.observe(status, time.perf_counter() - started)
@@ -161,13 +166,9 @@ class ReplicaApp:
         invoker: Invoker,
         request_id: bytes,
         content_type: bytes | None,
+        body: bytes,
     ) -> int:
-        """Read, decode, call the handler and answer; returns the status sent."""
-        try:
-            body = await self._read_body(receive)
-        except _TooLarge:
-            await self._error(send, 413, self._too_large_message(), request_id, (b"connection", b"close"))
-            return 413
+        """Decode, call the handler and answer; returns the status sent."""
         query_params = _query_params(scope) if invoker.wants_query_params else None
         headers = _headers(scope) if invoker.wants_headers else None
         try:

@@ -39,15 +39,17 @@ def decode_payload(body: bytes, content_type: bytes | None) -> Any:
             return json.loads(body)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise BadRequest(f"malformed JSON: {exc}") from exc
+        except RecursionError:  # json's C parser recurses once per level of nesting
+            raise BadRequest("malformed JSON: nested too deeply") from None
     if mime == FORM and body[:1] in (b"{", b"["):
         # `curl -d '{...}'` labels JSON as a form; read it as the JSON it is.
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             return json.loads(body)
     if mime.startswith(b"text/"):
         charset = _charset(params) or "utf-8"
         try:
             return body.decode(charset)
-        except (LookupError, UnicodeDecodeError) as exc:
+        except (LookupError, ValueError) as exc:  # ValueError: every codec's own errors (UnicodeError, ...)
             raise BadRequest(f"cannot decode the body as {charset}: {exc}") from exc
     return body
 

@@ -264,7 +264,7 @@ class SklearnHandler:
                     raise BadRequest(f"expected {self.n_features} features per row, got {len(row)}")
         try:
             predictions = self.model.predict(rows)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: an integer beyond float range
             raise BadRequest(f"the model rejected the input: {exc}") from exc
         return json_safe(predictions)
 

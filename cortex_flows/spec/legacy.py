@@ -350,9 +350,17 @@ def _notices(api: LegacyAPI, project_dir: Path | None) -> list[tuple[str, str]]:
     notices += [(path, f"not applicable here: {NOT_APPLICABLE[path.rsplit('.', 1)[-1]]}") for path in dropped]
     dependencies = code.dependencies or LegacyDependencies()
     for field, file in (("conda", dependencies.conda), ("shell", dependencies.shell)):
-        if project_dir is not None and (project_dir / file).is_file():
+        if project_dir is not None and _is_file(project_dir / file):
             notices.append((f"{key}.dependencies.{field}", NOT_RUN))
     return notices
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a file the spec names exists; a name no file can have (too long, say) names none."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _present(block: SpecModel | None, fields: tuple[str, ...]) -> list[str]:

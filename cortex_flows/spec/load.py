@@ -10,6 +10,7 @@ converted to a native one.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,14 @@ _EXPECTED_TYPES = {
 _BOOL_HINT = " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)"
 _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 _BOUND_SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+# Bounds on what YAML may build, far beyond any real spec: PyYAML recurses once per nesting level, and
+# aliases can make a small file expand into a huge (or self-containing) value that hashing would walk.
+MAX_DEPTH = 100
+MAX_VALUES = 100_000
+_SAFE_INT_BITS = 3 * sys.get_int_max_str_digits() or sys.maxsize  # 2**(3n) < 10**n: fewer digits than allowed
+_TOO_LONG = f"more than {sys.get_int_max_str_digits()} digits"
+_MERGE = "tag:yaml.org,2002:merge"
+_SCALAR_KINDS = {"int": "an integer", "float": "a number", "timestamp": "a date", "bool": "a boolean"}
 
 
 def load_spec(path: str | Path) -> ProjectSpec:
@@ -99,6 +108,8 @@ def read_apis(text: str, file: Path, project_dir: Path) -> list[ReadApi]:
     """Validate spec text as `parse_spec` does (raising the same `SpecError`), keeping each API's source."""
     items = _api_items(_load_yaml(text, file), file)
     prefixes = _prefixes(items)
+    if problems := _expansion_problems(items, prefixes):
+        raise SpecError(file, problems)  # validating or hashing such values could take forever
     context = validation_context(project_dir)
     read: list[tuple[str, ReadApi]] = []
     problems = _duplicate_names(items)
@@ -115,12 +126,61 @@ def read_apis(text: str, file: Path, project_dir: Path) -> list[ReadApi]:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys, which PyYAML would otherwise silently overwrite."""
+    """SafeLoader that rejects what PyYAML would accept silently or fail on with a bare Python error.
+
+    Duplicate keys (PyYAML keeps the last), nesting deeper than `MAX_DEPTH` (PyYAML recurses per level),
+    scalars Python cannot build (`2024-13-45`, a 5000-digit integer), integers too long to write back as
+    text, halves of UTF-16 surrogate pairs, and `!!binary`/`!!set` values, which are no JSON a handler's
+    config or a spec hash could hold.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+        self.merged = 0  # key-value pairs that merges ("<<") copied: chained merges grow quadratically
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            data = super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:  # e.g. datetime.date(2024, 13, 45), int("9" * 5000)
+            kind = node.tag.rsplit(":", 1)[-1]
+            reason = _TOO_LONG if kind == "int" else str(exc)
+            problem = f"cannot read {_excerpt(node.value)} as {_SCALAR_KINDS.get(kind, kind)}: {reason}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
+        if isinstance(data, int) and data.bit_length() > _SAFE_INT_BITS and not _printable_int(data):
+            problem = f"cannot read {_excerpt(node.value)} as an integer: {_TOO_LONG}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+        if isinstance(data, str) and not data.isascii() and not _encodable(data):
+            data = self.constructed_objects[node] = _join_surrogates(data, node.start_mark)
+        return data
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        merges = any(key_node.tag == _MERGE for key_node, _ in node.value)
+        super().flatten_mapping(node)
+        if merges:
+            self.merged += len(node.value)
+            if self.merged > MAX_VALUES:
+                problem = f"merges ('<<') expand the file to more than {MAX_VALUES} values"
+                raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+
+    def construct_unsupported(self, node: yaml.Node) -> Any:
+        problem = f"{node.tag.replace('tag:yaml.org,2002:', '!!')} values are not supported in {SPEC_FILE_NAME}"
+        raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_seen: dict[Any, yaml.Mark] = {}
         for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
+            if key_node.tag == _MERGE:
                 continue  # "<<" merges may be overridden on purpose
             key = self.construct_object(key_node, deep=deep)
             try:
@@ -131,6 +191,43 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 problem = f"duplicate key {key!r} (first defined on line {mark.line + 1})"
                 raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
+
+
+for _tag in ("binary", "set"):
+    _UniqueKeyLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _UniqueKeyLoader.construct_unsupported)
+
+
+def _printable_int(value: int) -> bool:
+    """Whether Python can write `value` in decimal (it refuses beyond `sys.get_int_max_str_digits()`)."""
+    try:
+        str(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _join_surrogates(text: str, mark: yaml.Mark) -> str:
+    """JSON-style escapes of a character beyond U+FFFF ("\\ud83d\\ude00") as that character; PyYAML keeps
+    the two halves, which no file, hash or handler can encode. A half without its pair is an error."""
+    try:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+    except UnicodeDecodeError as exc:
+        half = exc.object[exc.start : exc.start + 2].decode("utf-16-le", "surrogatepass")
+        problem = f"\\u{ord(half):04x} is half of a UTF-16 surrogate pair; write the character itself"
+        raise yaml.constructor.ConstructorError(None, None, problem, mark) from None
+
+
+def _excerpt(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 4]}...{text[-1]}"
 
 
 def _load_yaml(text: str, file: Path) -> Any:
@@ -145,6 +242,8 @@ def _load_yaml(text: str, file: Path) -> Any:
         problem = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
         line_start = text.rfind("\n", 0, exc.position) + 1
         position = (text.count("\n", 0, exc.position), exc.position - line_start)
+    except RecursionError:  # a chain of merges ("<<") through many anchors: PyYAML recurses along it
+        problem, position = "nested too deeply (through anchors and merges)", None
     where = f"line {position[0] + 1}, column {position[1] + 1}: " if position else ""
     raise SpecError(file, [Problem("", f"{where}invalid YAML: {problem}")])
 
@@ -160,6 +259,62 @@ def _api_items(data: Any, file: Path) -> list[Any]:
     else:
         return data
     raise SpecError(file, [Problem("", message)])
+
+
+def _expansion_problems(items: list[Any], prefixes: list[str]) -> list[Problem]:
+    """Values that YAML aliases make contain themselves, or nest or expand beyond `MAX_DEPTH`/`MAX_VALUES`.
+
+    Each distinct collection is walked once (aliases share them), so a small alias bomb costs little here.
+    """
+    walked: dict[int, tuple[int, int]] = {}  # id of a walked collection -> (values, levels), aliases expanded
+    open_ids = {id(items)}  # collections being walked: meeting one again is a cycle
+    total = 0
+
+    def walk(value: Any, path: str, depth: int) -> tuple[int, int]:
+        if not isinstance(value, dict | list | tuple):
+            return 1, 0
+        key = id(value)
+        if key in open_ids:
+            raise _Expansion(path, "contains itself through a YAML alias (an anchor used inside its own value)")
+        size, levels = walked.get(key, (0, 0))  # a collection met again through an alias costs nothing new
+        if depth + levels > MAX_DEPTH:
+            raise _Expansion(path, f"nested more than {MAX_DEPTH} levels deep (through YAML aliases)")
+        if size:
+            return size, levels
+        open_ids.add(key)
+        size = 1
+        children = value.items() if isinstance(value, dict) else enumerate(value)
+        for name, child in children:
+            child_size, child_levels = walk(child, _child_path(path, name, isinstance(value, dict)), depth + 1)
+            size += child_size
+            levels = max(levels, child_levels + 1)
+            if size + total > MAX_VALUES:
+                raise _Expansion(path, f"YAML aliases expand the file to more than {MAX_VALUES} values")
+        open_ids.discard(key)
+        walked[key] = size, levels
+        return size, levels
+
+    for item, prefix in zip(items, prefixes, strict=True):
+        try:
+            total += walk(item, prefix, 2)[0]  # the list of APIs is the first level
+        except _Expansion as exc:
+            return [Problem(exc.path, exc.message)]
+    return []
+
+
+class _Expansion(Exception):
+    """Ends the walk at the first value past the bounds: one problem says enough, and walking on costs."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(path, message)
+        self.path = path
+        self.message = message
+
+
+def _child_path(path: str, name: Any, mapping: bool) -> str:
+    if not mapping:
+        return f"{path}[{name}]"
+    return f"{path}.{name if isinstance(name, str) else describe_value(name)}"
 
 
 def _name(item: Any) -> Any:
@@ -209,7 +364,8 @@ def _splitters_of_splitters(items: list[Any], apis: list[tuple[str, ApiSpec]]) -
     Items that failed validation count by their written kind. A target not in the file is no problem here:
     it may be deployed already, which deploying checks.
     """
-    splitters = {_name(item) for item in items if _kind(item) == "TrafficSplitter"}
+    names = (_name(item) for item in items if _kind(item) == "TrafficSplitter")
+    splitters = {name for name in names if isinstance(name, str)}  # a name may be any YAML value, even a list
     problems = []
     for prefix, api in apis:
         targets = api.apis if isinstance(api, TrafficSplitter) else []
@@ -269,10 +425,11 @@ def _translate(exc: ValidationError, model: type[BaseModel], prefix: str) -> lis
     problems = []
     for error in exc.errors(include_url=False):
         loc = error["loc"]
-        if loc[-1:] == ("[key]",):  # a mapping's key (YAML keys may be numbers or booleans): name it
+        if loc[-1:] == ("[key]",) or error["type"] == "invalid_key":  # YAML keys may be numbers, dates...
             key = describe_value(error["input"])
             message = f"keys must be strings, got {key} (quote it)"
-            problems.append(Problem(_path(prefix, (*loc[:-2], key)), message))
+            parent = loc[:-2] if loc[-1:] == ("[key]",) else loc[:-1]
+            problems.append(Problem(_path(prefix, (*parent, key)), message))
         elif error["type"] == ISSUES_ERROR:
             for field, message in error["ctx"]["issues"]:
                 problems.append(Problem(_path(prefix, (*loc, *field.split("."))), message))

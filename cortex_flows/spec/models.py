@@ -96,6 +96,8 @@ def _check_project_path(value: str, info: ValidationInfo, want_file: bool) -> No
     """A path must be relative and stay inside the project (also through symlinks) and, if known, exist."""
     if not value:
         raise ValueError("must not be empty")
+    if "\0" in value:
+        raise ValueError(f"must not contain a NUL character, got {value!r}")
     if PurePosixPath(value).is_absolute():
         raise ValueError(f"must be a path relative to the project directory, got {value!r}")
     normal = posixpath.normpath(value)
@@ -105,10 +107,14 @@ def _check_project_path(value: str, info: ValidationInfo, want_file: bool) -> No
     if project_dir is None:
         return
     root = project_dir.resolve()
-    target = (root / value).resolve()
+    try:
+        target = (root / value).resolve()
+        found = target.is_file() if want_file else target.exists()
+    except OSError as exc:  # e.g. a name longer than the filesystem allows
+        raise ValueError(f"cannot look for {value!r} in the project directory {root}: {exc.strerror}") from None
     if not target.is_relative_to(root):
         raise ValueError(f"must stay inside the project directory, got {value!r} (a link to {target})")
-    if not (target.is_file() if want_file else target.exists()):
+    if not found:
         what = "file" if want_file else "path"
         raise ValueError(f"{what} {value!r} not found in the project directory {root}")
 

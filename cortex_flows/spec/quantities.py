@@ -14,15 +14,18 @@ from decimal import Decimal
 from cortex_flows.spec.errors import describe_value
 
 _NUMBER = r"\d+(?:\.\d+)?"
-_DURATION = re.compile(rf"(?:(?P<h>{_NUMBER})h)?(?:(?P<m>{_NUMBER})m)?(?:(?P<s>{_NUMBER})s)?")
-_CPU = re.compile(rf"(?P<number>{_NUMBER})(?P<milli>m?)")
-_MEM = re.compile(rf"(?P<number>{_NUMBER})(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
+_DURATION = re.compile(rf"(?:(?P<h>{_NUMBER})h)?(?:(?P<m>{_NUMBER})m)?(?:(?P<s>{_NUMBER})s)?", re.ASCII)
+_CPU = re.compile(rf"(?P<number>{_NUMBER})(?P<milli>m?)", re.ASCII)
+_MEM = re.compile(rf"(?P<number>{_NUMBER})(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", re.ASCII)
 _MEM_FACTORS = {
     None: 1,
     **{suffix: 1024 ** (i + 1) for i, suffix in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
     **{suffix: 1000 ** (i + 1) for i, suffix in enumerate(("k", "M", "G", "T", "P", "E"))},
 }
-_PERCENT = re.compile(r"(?P<percent>\d+)%")
+_PERCENT = re.compile(r"(?P<percent>\d+)%", re.ASCII)
+
+MAX_DURATION_SECONDS = 2**31 - 1  # Kubernetes keeps durations in int32 seconds (e.g. progressDeadlineSeconds)
+MAX_QUANTITY = 2**63 - 1  # Kubernetes quantities hold at most int64 milli-units; bytes for memory
 
 MIN_CPU_MILLICORES = 20
 MIN_MEM_BYTES = 20 * 1024**2
@@ -38,6 +41,8 @@ def _seconds(value: object) -> Decimal:
         seconds = Decimal(str(value))
         if not seconds.is_finite() or seconds < 0:
             raise ValueError(f"must be a finite number of seconds >= 0, got {value}")
+        if seconds > MAX_DURATION_SECONDS:
+            raise ValueError(f"must be at most {MAX_DURATION_SECONDS}s (about 68 years), got {_short(value)}")
         return seconds
     match = _DURATION.fullmatch(value) if isinstance(value, str) and value else None
     if match is None:
@@ -46,7 +51,15 @@ def _seconds(value: object) -> Decimal:
             f" got {describe_value(value)}"
         )
     hours, minutes, seconds = (Decimal(match[unit] or 0) for unit in ("h", "m", "s"))
-    return hours * 3600 + minutes * 60 + seconds
+    total = hours * 3600 + minutes * 60 + seconds
+    if total > MAX_DURATION_SECONDS:
+        raise ValueError(f"must be at most {MAX_DURATION_SECONDS}s (about 68 years), got {_short(value)}")
+    return total
+
+
+def _short(value: object) -> str:
+    text = describe_value(value)
+    return text if len(text) <= 40 else f"{text[:36]}...{text[-1]}"
 
 
 def _format_seconds(total: Decimal) -> str:
@@ -77,6 +90,8 @@ def check_cpu(value: object) -> str:
         raise ValueError(f"expected a CPU quantity like '200m', 0.5 or 1; got {describe_value(value)}")
     if cpu_millicores(text) < MIN_CPU_MILLICORES:
         raise ValueError(f"must be at least {MIN_CPU_MILLICORES}m (0.02 CPU), got {describe_value(value)}")
+    if cpu_millicores(text) > MAX_QUANTITY:
+        raise ValueError(f"must be at most {MAX_QUANTITY}m, got {_short(value)}")
     return text
 
 
@@ -100,6 +115,8 @@ def check_memory(value: object) -> str:
         )
     if memory_bytes(text) < MIN_MEM_BYTES:
         raise ValueError(f"must be at least 20Mi, got {describe_value(value)}")
+    if memory_bytes(text) > MAX_QUANTITY:
+        raise ValueError(f"must be at most {MAX_QUANTITY} bytes (8Ei), got {_short(value)}")
     return text
 
 
@@ -113,13 +130,13 @@ def memory_bytes(text: str) -> int:
 
 def check_int_or_percent(value: object) -> int | str:
     """Validate a Kubernetes IntOrString for a rolling update: an int >= 0 or "N%" with N in 0..100."""
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    match = _PERCENT.fullmatch(value) if isinstance(value, str) else None
+    match = _PERCENT.fullmatch(value) if isinstance(value, str) and len(value) <= 19 else None
     if match is None:
-        raise ValueError(f"expected an integer >= 0 or a percentage like '25%'; got {describe_value(value)}")
+        raise ValueError(f"expected an integer >= 0 or a percentage like '25%'; got {_short(value)}")
     percent = int(match["percent"])
     if percent > 100:
         raise ValueError(f"a percentage must be between 0% and 100%, got {value!r}")

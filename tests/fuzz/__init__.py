@@ -1,0 +1,1 @@
+"""Fuzz tests: generated specs and HTTP traffic against the real spec loader, replica and gateway."""
