@@ -7,6 +7,8 @@ Here:
   a re-run names what is left over and how to finish; rollback then a canary converge.
 - test_full_disk: the agent's home on a full tmpfs -> the deploy fails naming the path, changes nothing,
   serving goes on; with space again the same deploy converges and survives an agent restart.
+- test_s3_errors: S3 answering every other request 503 SlowDown -> upload, existence check and the
+  replica's download are retried; the deploy converges.
 
 Elsewhere, next to the feature they exercise:
 - a replica SIGKILLed under load -> replaced, its requests fail over
@@ -19,7 +21,8 @@ Elsewhere, next to the feature they exercise:
 - a replica crashing, failing to load or never ready during a rollout -> rolled back, no request lost
   (tests/e2e/test_rolling_updates.py::test_a_broken_version_is_rolled_back_without_losing_a_request);
 - Kubernetes API answering 429/500/409 on 30% of calls -> the deploy converges; a 422 fails at once
-  (tests/integration/test_kubernetes_backend.py::test_a_flaky_api_server_still_deploys_and_a_422_fails_at_once);
+  (tests/integration/test_kubernetes_backend.py::test_a_flaky_api_server_still_deploys_and_a_422_fails_at_once),
+  and 150 ms per call on top of 20% faults -> it still converges (::test_a_slow_and_flaky_api_server_still_converges);
 - a package store that is unreachable -> retried, then a clear failure; a missing bucket -> fails at once
   (tests/e2e/test_prefect_integration.py); a tampered package -> refused
   (tests/integration/test_package_stores.py, tests/integration/test_local_backend.py);

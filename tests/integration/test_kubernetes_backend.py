@@ -126,6 +126,17 @@ def test_a_flaky_api_server_still_deploys_and_a_422_fails_at_once(kube, cluster,
     assert elapsed < 20, f"a 422 must not be retried ({elapsed:.1f}s)"
 
 
+def test_a_slow_and_flaky_api_server_still_converges(kube, cluster, project):
+    kube.latency, kube.failure_rate = 0.15, 0.2  # every call 150 ms, and one in five answered 429/500/409
+    started = time.monotonic()
+    deploy(path=str(project), cluster=cluster)
+    elapsed = time.monotonic() - started
+    kube.latency, kube.failure_rate = 0.0, 0.0
+    assert weights(kube, "iris-classifier") == {"iris-classifier-r1": 100}
+    assert kube.objects()[("Deployment", "iris-classifier-r1")]["spec"]["replicas"] == 1
+    print(f"\n150 ms per call and 20% faults ({len(kube.failures)} injected): deployed in {elapsed:.1f}s")
+
+
 def test_a_deployment_past_its_progress_deadline_is_rolled_back(kube, cluster, project):
     deploy(path=str(project), cluster=cluster)
     set_config(project, note="v2")
