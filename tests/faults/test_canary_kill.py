@@ -55,7 +55,7 @@ def test_a_killed_canary_leaves_a_clear_way_back(prefect_api, local_cluster, tmp
     back = rollback(name="canary", to=1, return_state=True)
     assert back.is_completed(), back.message
     assert list(_weights(local_cluster["home"]).values()) == [100]
-    result = canary_rollout(path=str(project), steps=[100])  # one step is enough to show it converges
+    result = canary_rollout(path=str(project))
     assert result["outcome"] == "promoted"
     outcomes = load.stop()
     assert [o for o in outcomes if not o.isdigit()] == [] and len(outcomes) > 100
