@@ -11,7 +11,7 @@ import math
 from contextlib import AbstractContextManager
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -256,7 +256,14 @@ def server_errors(by_status: dict[str, int]) -> int:
 
 @runtime_checkable
 class Backend(Protocol):
-    """Operations a flow may ask of the place APIs run. Every method is idempotent."""
+    """Operations a flow may ask of the place APIs run. Every method is idempotent.
+
+    `async with backend:` keeps one connection to the cluster for the calls inside it; without it every
+    call connects on its own."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
 
     async def prepare_version(self, api: str, version: VersionSpec, secret_env: dict[str, str] | None = None) -> str:
         """Make what the version's replicas need (package fetched, dependencies installed) before any

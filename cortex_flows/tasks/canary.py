@@ -23,8 +23,8 @@ VERIFY_SECONDS = 10.0
 
 @task(task_run_name="metrics of {api}", **INFRA_RETRIES)
 async def arm_metrics(api: str, revisions: tuple[int, int], cluster: CortexCluster) -> tuple[VersionMetrics, ...]:
-    backend = cluster.get_backend()
-    return tuple(await asyncio.gather(*(backend.version_metrics(api, rev) for rev in revisions)))
+    async with cluster.get_backend() as backend:
+        return tuple(await asyncio.gather(*(backend.version_metrics(api, rev) for rev in revisions)))
 
 
 @task(task_run_name="replicas of {api} r{revision}", **INFRA_RETRIES)
@@ -95,26 +95,26 @@ async def shadow_report(api: str, cluster: CortexCluster) -> ShadowReport | None
 async def roll_back(api: str, revisions: tuple[int, int], stable_replicas: int, cluster: CortexCluster) -> float:
     """All traffic to the stable version at once, then restore its replicas and remove the candidate;
     verify the stable version serves alone. Returns the seconds until all traffic was on stable."""
-    backend = cluster.get_backend()
-    stable, candidate = revisions
-    started = time.monotonic()
-    await backend.set_traffic(api, {stable: 100})
-    back = time.monotonic() - started
-    await scale_up(api, stable, stable_replicas, cluster, time.time() + 600, new=False)
-    await backend.remove_version(api, candidate, Outcome.FAILED)
-    status = await backend.status(api)
-    serving = {v.revision: v.weight for v in status.versions} if status else {}
-    if serving != {stable: 100}:
-        raise RolloutFailed(f"{api}: after the rollback the versions serve {serving}, not r{stable} alone")
-    return back
+    async with cluster.get_backend() as backend:
+        stable, candidate = revisions
+        started = time.monotonic()
+        await backend.set_traffic(api, {stable: 100})
+        back = time.monotonic() - started
+        await scale_up(api, stable, stable_replicas, cluster, time.time() + 600, new=False)
+        await backend.remove_version(api, candidate, Outcome.FAILED)
+        status = await backend.status(api)
+        serving = {v.revision: v.weight for v in status.versions} if status else {}
+        if serving != {stable: 100}:
+            raise RolloutFailed(f"{api}: after the rollback the versions serve {serving}, not r{stable} alone")
+        return back
 
 
 @task(task_run_name="promote {api}", **INFRA_RETRIES)
 async def promote(api: str, revisions: tuple[int, int], target: int, cluster: CortexCluster) -> None:
     """The candidate becomes the stable version at its full size; the old one drains and goes."""
-    backend = cluster.get_backend()
-    stable, candidate = revisions
-    await scale_up(api, candidate, target, cluster, time.time() + 600)
-    await backend.set_traffic(api, {candidate: 100})
-    await backend.remove_version(api, stable, Outcome.SUPERSEDED)
-    await backend.record_outcome(api, candidate, Outcome.LIVE)
+    async with cluster.get_backend() as backend:
+        stable, candidate = revisions
+        await scale_up(api, candidate, target, cluster, time.time() + 600)
+        await backend.set_traffic(api, {candidate: 100})
+        await backend.remove_version(api, stable, Outcome.SUPERSEDED)
+        await backend.record_outcome(api, candidate, Outcome.LIVE)

@@ -102,27 +102,27 @@ def store(built: BuiltPackage, cluster: CortexCluster) -> PackageRef:
 async def plan(api: RealtimeAPI, package: PackageRef, cluster: CortexCluster, restart: str | None = None) -> DeployPlan:
     """Decide what the deploy does. The pod identity carries the live version's refresh token, so a
     deploy after `refresh` is up to date; `restart` (from `refresh`) sets a new token, forcing a roll."""
-    backend = cluster.get_backend()
-    status = await backend.status(api.name)
-    versions = status.versions if status else []
-    live = [LiveVersion(v.revision, v.spec_hash, v.pod_hash, v.desired, v.target) for v in versions]
-    history = await backend.history(api.name) if status else []
-    newest = max(versions, key=lambda v: v.revision, default=None)
-    token = restart if restart is not None else newest.restart if newest else ""
-    digest = _digest(_keys_of(api))
-    decided = plan_deploy(
-        spec_hash=spec_hash(api, package.sha256, token, digest),
-        pod_hash=pod_hash(api, package.sha256, token, digest),
-        live=live,
-        last_revision=max((r.revision for r in history), default=0),
-        init_replicas=api.init_replicas,
-        min_replicas=api.autoscaling.min_replicas,
-        max_replicas=api.autoscaling.max_replicas,
-        restart=token,
-    )
-    get_run_logger().info("%s: %s -> revision %d with %d replica(s)", api.name, decided.action, decided.revision,
-                          decided.replicas)  # fmt: skip
-    return decided
+    async with cluster.get_backend() as backend:
+        status = await backend.status(api.name)
+        versions = status.versions if status else []
+        live = [LiveVersion(v.revision, v.spec_hash, v.pod_hash, v.desired, v.target) for v in versions]
+        history = await backend.history(api.name) if status else []
+        newest = max(versions, key=lambda v: v.revision, default=None)
+        token = restart if restart is not None else newest.restart if newest else ""
+        digest = _digest(_keys_of(api))
+        decided = plan_deploy(
+            spec_hash=spec_hash(api, package.sha256, token, digest),
+            pod_hash=pod_hash(api, package.sha256, token, digest),
+            live=live,
+            last_revision=max((r.revision for r in history), default=0),
+            init_replicas=api.init_replicas,
+            min_replicas=api.autoscaling.min_replicas,
+            max_replicas=api.autoscaling.max_replicas,
+            restart=token,
+        )
+        get_run_logger().info("%s: %s -> revision %d with %d replica(s)", api.name, decided.action, decided.revision,
+                              decided.replicas)  # fmt: skip
+        return decided
 
 
 @task(task_run_name="prepare {api.name}", **INFRA_RETRIES)
@@ -151,19 +151,19 @@ async def apply(api: RealtimeAPI, package: PackageRef, decided: DeployPlan, clus
     keys = _keys_of(api)
     secret_env = {**(aws_env or {}), **(api_keys_env(keys) if keys else {})}
     version = version_spec(api, package, decided, s3, _digest(keys))
-    backend = cluster.get_backend()
-    status = await backend.status(api.name)
-    current = next((v for v in status.versions if v.revision == decided.revision), None) if status else None
-    await backend.apply_version(api.name, version, current.desired if current else 0, secret_env)
+    async with cluster.get_backend() as backend:
+        status = await backend.status(api.name)
+        current = next((v for v in status.versions if v.revision == decided.revision), None) if status else None
+        await backend.apply_version(api.name, version, current.desired if current else 0, secret_env)
 
 
 @task(task_run_name="finish {api_name}", **INFRA_RETRIES)
 async def finish(api_name: str, decided: DeployPlan, cluster: CortexCluster) -> None:
     """Drain and remove what the new version replaced, and record it as live."""
-    backend = cluster.get_backend()
-    for revision in decided.previous:
-        await backend.remove_version(api_name, revision, Outcome.SUPERSEDED)
-    await backend.record_outcome(api_name, decided.revision, Outcome.LIVE)
+    async with cluster.get_backend() as backend:
+        for revision in decided.previous:
+            await backend.remove_version(api_name, revision, Outcome.SUPERSEDED)
+        await backend.record_outcome(api_name, decided.revision, Outcome.LIVE)
 
 
 @task(task_run_name="read history of {api_name}", **INFRA_RETRIES)
@@ -179,24 +179,24 @@ async def read_history(api_name: str, cluster: CortexCluster) -> list[Revision]:
 @task(task_run_name="check splitter targets", **INFRA_RETRIES)
 async def check_splitters(project: ProjectSpec, cluster: CortexCluster) -> None:
     """Before anything changes: every API a splitter names is in the project or already deployed."""
-    backend = cluster.get_backend()
-    in_file = {api.name for api in project.realtime_apis}
-    for splitter in project.splitters:
-        for target in splitter.apis:
-            if target.name in in_file:
-                continue
-            status = await backend.status(target.name)
-            if status is None or status.kind != "RealtimeAPI":
-                what = "is not deployed" if status is None else f"is a {status.kind}"
-                raise ValueError(
-                    f"{project.file}: {splitter.name}.apis: {target.name!r} {what}; a TrafficSplitter sends traffic "
-                    f"only to RealtimeAPIs that are deployed or in the same file"
-                )
+    async with cluster.get_backend() as backend:
+        in_file = {api.name for api in project.realtime_apis}
+        for splitter in project.splitters:
+            for target in splitter.apis:
+                if target.name in in_file:
+                    continue
+                status = await backend.status(target.name)
+                if status is None or status.kind != "RealtimeAPI":
+                    what = "is not deployed" if status is None else f"is a {status.kind}"
+                    raise ValueError(
+                        f"{project.file}: {splitter.name}.apis: {target.name!r} {what}; a TrafficSplitter sends traffic "
+                        f"only to RealtimeAPIs that are deployed or in the same file"
+                    )
 
 
 @task(task_run_name="route {splitter.name}", **INFRA_RETRIES)
 async def route_splitter(splitter: TrafficSplitter, cluster: CortexCluster) -> str:
     """Create or update the splitter's route; returns its URL."""
-    backend = cluster.get_backend()
-    await backend.apply_splitter(splitter_spec(splitter))
-    return backend.endpoint_url(splitter.endpoint)
+    async with cluster.get_backend() as backend:
+        await backend.apply_splitter(splitter_spec(splitter))
+        return backend.endpoint_url(splitter.endpoint)

@@ -86,22 +86,22 @@ async def scale_up(
     crash of one of its replicas: a version that crashes while rolling out is not one to give traffic.
     `arm`: `replicas` is the floor of a canary arm (see `Backend.scale_version`).
     """
-    backend = cluster.get_backend()
-    started = time.monotonic()
-    await backend.scale_version(api, revision, replicas, arm)
-    while True:
-        version = _version(await _status(backend, api), revision)
-        if version is None:
-            raise RolloutFailed(f"{api}: revision {revision} disappeared")
-        if new and version.restarts > 0:
-            raise RolloutFailed(f"{api}: a replica of revision {revision} crashed: {version.message}")
-        if version.ready >= replicas:
-            return round((time.monotonic() - started) * 1000)
-        if time.time() > deadline:
-            raise RolloutFailed(
-                f"{api}: revision {revision} not ready by the progress deadline ({version.ready}/{replicas} ready)"
-            )
-        await asyncio.sleep(POLL_SECONDS)
+    async with cluster.get_backend() as backend:
+        started = time.monotonic()
+        await backend.scale_version(api, revision, replicas, arm)
+        while True:
+            version = _version(await _status(backend, api), revision)
+            if version is None:
+                raise RolloutFailed(f"{api}: revision {revision} disappeared")
+            if new and version.restarts > 0:
+                raise RolloutFailed(f"{api}: a replica of revision {revision} crashed: {version.message}")
+            if version.ready >= replicas:
+                return round((time.monotonic() - started) * 1000)
+            if time.time() > deadline:
+                raise RolloutFailed(
+                    f"{api}: revision {revision} not ready by the progress deadline ({version.ready}/{replicas} ready)"
+                )
+            await asyncio.sleep(POLL_SECONDS)
 
 
 @task(task_run_name="{api} traffic {weights}", **INFRA_RETRIES)
@@ -120,20 +120,20 @@ async def scale_down(api: str, revision: int, replicas: int, cluster: CortexClus
 @task(task_run_name="smoke test {api} r{revision}", **INFRA_RETRIES)
 async def smoke_test(api: str, revision: int, cluster: CortexCluster, payload: object | None) -> None:
     """Ask the new version directly, before it has any traffic: readiness, and the payload if given."""
-    backend = cluster.get_backend()
-    checks = [None] if payload is None else [None, payload]
-    for check in checks:
-        try:
-            code, body = await backend.probe(api, revision, check)
-        except BackendError as exc:
-            version = _version(await _status(backend, api), revision)
-            if version is not None and version.restarts > 0:  # the replica died under the probe
-                raise RolloutFailed(f"{api}: a replica of revision {revision} crashed: {version.message}") from exc
-            if exc.transient:
-                raise  # e.g. no replica ready at this instant: the task retries
-            raise RolloutFailed(f"{api}: smoke test of revision {revision} failed: {exc}") from exc
-        if code >= 400:
-            raise RolloutFailed(f"{api}: smoke test of revision {revision} got HTTP {code}: {body[:300]}")
+    async with cluster.get_backend() as backend:
+        checks = [None] if payload is None else [None, payload]
+        for check in checks:
+            try:
+                code, body = await backend.probe(api, revision, check)
+            except BackendError as exc:
+                version = _version(await _status(backend, api), revision)
+                if version is not None and version.restarts > 0:  # the replica died under the probe
+                    raise RolloutFailed(f"{api}: a replica of revision {revision} crashed: {version.message}") from exc
+                if exc.transient:
+                    raise  # e.g. no replica ready at this instant: the task retries
+                raise RolloutFailed(f"{api}: smoke test of revision {revision} failed: {exc}") from exc
+            if code >= 400:
+                raise RolloutFailed(f"{api}: smoke test of revision {revision} got HTTP {code}: {body[:300]}")
 
 
 async def _move_traffic(api: str, backend: Backend, cluster: CortexCluster, serving: set[int]) -> None:
@@ -153,70 +153,70 @@ async def roll(
 ) -> list[str]:
     """Bring the plan's revision to its replica count and the older versions to zero; the timeline."""
     logger = get_run_logger()
-    backend = cluster.get_backend()
-    timeline = Timeline()
-    if decided.action is Action.UP_TO_DATE:
-        return []
-    status = await _status(backend, api.name)
-    new = _version(status, decided.revision)
-    old = {v.revision: v.desired for v in status.versions if v.revision != decided.revision} if status else {}
-    surge, unavailable = api.update_strategy.resolve(decided.replicas)
-    steps = rolling_steps(
-        desired=decided.replicas, old=sum(old.values()), new=new.desired if new else 0, surge=surge,
-        unavailable=unavailable,
-    )  # fmt: skip
-    deadline = time.time() + deadline_seconds
-    tested = decided.action is Action.IN_PLACE or (new is not None and new.weight > 0)
-    progress = await acreate_progress_artifact(0.0, description=f"rollout of {api.name} r{decided.revision}")
-    _emit("cortex.api.rollout.started", api.name, decided, {"steps": len(steps), "from": sorted(old)})
-    timeline.add(f"r{decided.revision}: {len(steps)} steps (surge {surge}, unavailable {unavailable}), old {old}")
-    try:
-        for index, step in enumerate(steps, start=1):
-            if new is None or step.new != new.desired:
-                waited = await scale_up(api.name, decided.revision, step.new, cluster, deadline)
-                timeline.add(f"r{decided.revision}: {step.new} ready ({waited} ms)")
-                if not tested:
-                    await smoke_test(api.name, decided.revision, cluster, smoke_payload)
-                    timeline.add(f"r{decided.revision}: smoke test passed")
-                    tested = True
-                await _move_traffic(api.name, backend, cluster, {decided.revision, *old})
-            if step.old != sum(old.values()):
-                targets = shrink_oldest(old, step.old)
-                serving = {decided.revision, *(rev for rev, n in targets.items() if n > 0)}
-                await _move_traffic(api.name, backend, cluster, serving)
-                for rev in sorted(targets):
-                    if targets[rev] != old[rev]:
-                        await scale_down(api.name, rev, targets[rev], cluster)
-                        timeline.add(f"r{rev}: drained and stopped down to {targets[rev]}")
-                old = targets
-            new = _version(await _status(backend, api.name), decided.revision)
-            await aupdate_progress_artifact(progress, 100.0 * index / len(steps))
-        await _move_traffic(api.name, backend, cluster, {decided.revision})
-    except Exception as exc:  # whatever stopped the rollout, the traffic goes back
-        logger.error("%s", exc)
-        timeline.add(f"aborted: {exc}")
-        await roll_back(api.name, decided, cluster, timeline)
-        _emit("cortex.api.rolled-back", api.name, decided, {"reason": str(exc), "to": sorted(old)})
-        raise RolloutFailed(f"{exc} (rolled back)\n" + "\n".join(timeline.lines())) from exc
-    await aupdate_progress_artifact(progress, 100.0)
-    return timeline.lines()
+    async with cluster.get_backend() as backend:
+        timeline = Timeline()
+        if decided.action is Action.UP_TO_DATE:
+            return []
+        status = await _status(backend, api.name)
+        new = _version(status, decided.revision)
+        old = {v.revision: v.desired for v in status.versions if v.revision != decided.revision} if status else {}
+        surge, unavailable = api.update_strategy.resolve(decided.replicas)
+        steps = rolling_steps(
+            desired=decided.replicas, old=sum(old.values()), new=new.desired if new else 0, surge=surge,
+            unavailable=unavailable,
+        )  # fmt: skip
+        deadline = time.time() + deadline_seconds
+        tested = decided.action is Action.IN_PLACE or (new is not None and new.weight > 0)
+        progress = await acreate_progress_artifact(0.0, description=f"rollout of {api.name} r{decided.revision}")
+        _emit("cortex.api.rollout.started", api.name, decided, {"steps": len(steps), "from": sorted(old)})
+        timeline.add(f"r{decided.revision}: {len(steps)} steps (surge {surge}, unavailable {unavailable}), old {old}")
+        try:
+            for index, step in enumerate(steps, start=1):
+                if new is None or step.new != new.desired:
+                    waited = await scale_up(api.name, decided.revision, step.new, cluster, deadline)
+                    timeline.add(f"r{decided.revision}: {step.new} ready ({waited} ms)")
+                    if not tested:
+                        await smoke_test(api.name, decided.revision, cluster, smoke_payload)
+                        timeline.add(f"r{decided.revision}: smoke test passed")
+                        tested = True
+                    await _move_traffic(api.name, backend, cluster, {decided.revision, *old})
+                if step.old != sum(old.values()):
+                    targets = shrink_oldest(old, step.old)
+                    serving = {decided.revision, *(rev for rev, n in targets.items() if n > 0)}
+                    await _move_traffic(api.name, backend, cluster, serving)
+                    for rev in sorted(targets):
+                        if targets[rev] != old[rev]:
+                            await scale_down(api.name, rev, targets[rev], cluster)
+                            timeline.add(f"r{rev}: drained and stopped down to {targets[rev]}")
+                    old = targets
+                new = _version(await _status(backend, api.name), decided.revision)
+                await aupdate_progress_artifact(progress, 100.0 * index / len(steps))
+            await _move_traffic(api.name, backend, cluster, {decided.revision})
+        except Exception as exc:  # whatever stopped the rollout, the traffic goes back
+            logger.error("%s", exc)
+            timeline.add(f"aborted: {exc}")
+            await roll_back(api.name, decided, cluster, timeline)
+            _emit("cortex.api.rolled-back", api.name, decided, {"reason": str(exc), "to": sorted(old)})
+            raise RolloutFailed(f"{exc} (rolled back)\n" + "\n".join(timeline.lines())) from exc
+        await aupdate_progress_artifact(progress, 100.0)
+        return timeline.lines()
 
 
 async def roll_back(api: str, decided: DeployPlan, cluster: CortexCluster, timeline: Timeline) -> None:
     """Give the older versions back their replicas (waiting until ready) and all the traffic, then drain
     and remove the new version. A new API has nothing to return to: it is removed, as if never deployed."""
-    backend = cluster.get_backend()
-    status = await _status(backend, api)
-    originals = {rev: n for rev, n in _original_replicas(status, decided).items() if rev != decided.revision}
-    for rev, replicas in originals.items():
-        await scale_up(api, rev, replicas, cluster, time.time() + ROLLBACK_DEADLINE_SECONDS, new=False)
-        timeline.add(f"r{rev}: back to {replicas} ready")
-    if originals:
-        await _move_traffic(api, backend, cluster, set(originals))
-        await backend.remove_version(api, decided.revision, Outcome.FAILED)
-    else:
-        await backend.delete_api(api)
-    timeline.add(f"r{decided.revision}: removed; traffic back on {sorted(originals) or 'nothing'}")
+    async with cluster.get_backend() as backend:
+        status = await _status(backend, api)
+        originals = {rev: n for rev, n in _original_replicas(status, decided).items() if rev != decided.revision}
+        for rev, replicas in originals.items():
+            await scale_up(api, rev, replicas, cluster, time.time() + ROLLBACK_DEADLINE_SECONDS, new=False)
+            timeline.add(f"r{rev}: back to {replicas} ready")
+        if originals:
+            await _move_traffic(api, backend, cluster, set(originals))
+            await backend.remove_version(api, decided.revision, Outcome.FAILED)
+        else:
+            await backend.delete_api(api)
+        timeline.add(f"r{decided.revision}: removed; traffic back on {sorted(originals) or 'nothing'}")
 
 
 def _original_replicas(status: object, decided: DeployPlan) -> dict[int, int]:

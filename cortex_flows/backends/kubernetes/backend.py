@@ -22,7 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from kubernetes_asyncio.client import ApiClient, Configuration
 
@@ -51,6 +51,7 @@ from cortex_flows.backends.kubernetes.manifests import (
     version_name,
     version_objects,
 )
+from cortex_flows.backends.pooling import SharedClient
 from cortex_flows.serving.auth import API_KEYS_ENV
 
 if TYPE_CHECKING:
@@ -87,10 +88,22 @@ class KubernetesBackend:
         self.gateway_url = gateway_url.rstrip("/")
         self.metrics = metrics
         self.calls = 0  # API requests made through this backend (retries included)
+        self._clients = SharedClient(self._open_client, ApiClient.close)
+
+    async def __aenter__(self) -> Self:
+        await self._clients.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._clients.__aexit__(*exc)
+
+    async def _open_client(self) -> ApiClient:
+        return ApiClient(await self.configure())
 
     @asynccontextmanager
     async def _kube(self) -> Any:
-        async with ApiClient(await self.configure()) as client:
+        async with self._clients.use() as client:
+            client.configuration = await self.configure()  # a renewed token; the cluster and its CA stay
             kube = KubeApi(client, self.target.namespace)
             try:
                 yield kube

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
@@ -30,6 +30,7 @@ from cortex_flows.backends.base import (
 )
 from cortex_flows.backends.local.home import AgentInfo, LocalHome, default_gateway_port
 from cortex_flows.backends.local.supervisor import DEFAULT_GRACE_SECONDS
+from cortex_flows.backends.pooling import SharedClient
 from cortex_flows.packaging.dependencies import PIP_TIMEOUT_SECONDS
 from cortex_flows.processes import pid_alive
 
@@ -107,6 +108,10 @@ def stop_agent(home: LocalHome, timeout: float = DEFAULT_GRACE_SECONDS + 10) -> 
     return True
 
 
+async def _open_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient()
+
+
 def _auth(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
@@ -121,6 +126,14 @@ class LocalBackend:
         self.gateway_port = gateway_port
         self.autostart = autostart
         self._info: AgentInfo | None = None
+        self._clients = SharedClient(_open_client, httpx.AsyncClient.aclose)
+
+    async def __aenter__(self) -> Self:
+        await self._clients.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._clients.__aexit__(*exc)
 
     def _agent(self) -> tuple[AgentInfo, str]:
         if self._info is None:
@@ -138,8 +151,11 @@ class LocalBackend:
         info, token = self._agent()
         timeout = MUTATION_TIMEOUT if method != "GET" else 10.0
         try:
-            async with httpx.AsyncClient(base_url=info.control_url, headers=_auth(token), timeout=timeout) as c:
-                resp = await c.request(method, path, json=json, params=params)
+            async with self._clients.use() as client:
+                resp = await client.request(
+                    method, f"{info.control_url}{path}", headers=_auth(token), json=json, params=params,
+                    timeout=timeout,
+                )  # fmt: skip
         except httpx.TimeoutException as exc:
             raise BackendError(f"local agent timed out on {method} {path}", transient=True) from exc
         except httpx.TransportError as exc:
