@@ -11,14 +11,15 @@ import threading
 from collections.abc import Callable
 from typing import Any, Self
 
-import aiohttp
 import kmock
 from aiohttp import web
 
 from cortex_flows.backends.kubernetes.api import KINDS
 
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
-KEPT_REQUESTS = 32  # more than kmock ever serves at once (it serves each request without waiting)
+# kmock matches each request against every request it kept (its cost per request grows with them); it
+# appends a request and matches it with no await between, so trimming older ones never loses the current
+KEPT_REQUESTS = 4
 _PROXY = re.compile(r"/services/[^/]+/proxy(/|$)")
 
 
@@ -58,11 +59,10 @@ class KubeServer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1"):
+        async with kmock.KubernetesEmulator() as emulator:
             self.k = emulator
             for group, version, plural in KINDS.values():  # as a real cluster (with KEDA, Gateway API) serves
                 emulator.resources[f"{group}/{version}/{plural}".lstrip("/")] = {}
-            upstream = str(emulator.url)
             app = web.Application(client_max_size=64 * 1024 * 1024)
             app.router.add_route("*", "/{path:.*}", self._front)
             runner = web.AppRunner(app, access_log=None)
@@ -70,19 +70,17 @@ class KubeServer:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-            async with aiohttp.ClientSession(upstream) as self._upstream:
-                simulator = asyncio.create_task(self._simulate())
-                self._ready.set()
-                await self._stop.wait()
-                simulator.cancel()
+            simulator = asyncio.create_task(self._simulate())
+            self._ready.set()
+            await self._stop.wait()
+            simulator.cancel()
             await runner.cleanup()
 
     async def _front(self, request: web.Request) -> web.StreamResponse:
         """What the API server answers: the service proxy, injected faults, else kmock's answer."""
         body = await request.read()
-        log = self.k._requests  # kmock keeps every request and scans them all on each new one; tests here
-        if len(log) > KEPT_REQUESTS:  # assert on objects, not requests, so keep only the recent ones
-            del log[:-KEPT_REQUESTS]
+        log = self.k._requests  # tests here assert on objects, not requests: keep only the recent ones
+        del log[:-KEPT_REQUESTS]
         if self.latency:
             await asyncio.sleep(self.latency)
         if _PROXY.search(request.path):
@@ -97,10 +95,7 @@ class KubeServer:
             reason = {429: "TooManyRequests", 500: "InternalError", 409: "Conflict"}[code]
             headers = {"Retry-After": "0"} if code == 429 else {}
             return _status(code, reason, f"injected {code}", headers)
-        async with self._upstream.request(
-            request.method, request.path_qs, data=body, headers={"Content-Type": request.content_type}
-        ) as answer:
-            return web.Response(body=await answer.read(), status=answer.status, content_type="application/json")
+        return await self.k(request)
 
     async def _simulate(self) -> None:
         while True:
