@@ -35,7 +35,7 @@ BENCHES = {  # name: (script and arguments, seconds it may take); arguments keep
     "rollout": (["bench_rollout.py"], 240),
     "canary": (["bench_canary.py"], 180),
     "autoscaling": (["bench_autoscaling.py", "--runs", "2"], 300),
-    "kubernetes": (["bench_kubernetes.py", "--apis", "25"], 180),
+    "kubernetes": (["bench_kubernetes.py", "--apis", "50"], 240),
 }
 
 
