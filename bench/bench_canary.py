@@ -13,19 +13,14 @@ is one analysis interval: no verdict can come sooner. Goal: all traffic back on 
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import results
 import yaml
 from bench_rollout import BODY, Load
-from harness import EXAMPLE, flush_prefect, free_port, start_prefect_server, wait_http
+from harness import EXAMPLE, local_stack, wait_http
 from results import Row
 
 NAME = "iris-canary"
@@ -70,37 +65,18 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=120.0, help="bound on the load during the canary")
     results.add_option(parser)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="cortex-bench-canary-"))
-    gateway_port = free_port()
-    os.environ.update(CORTEX_FLOWS_HOME=str(tmp / "home"), CORTEX_FLOWS_GATEWAY_PORT=str(gateway_port))
-    project = tmp / NAME
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "model.joblib"))
-    write_project(project, 0.0)
-    subprocess.run([sys.executable, str(project / "train.py")], check=True, stdout=subprocess.DEVNULL)
-    server, api_url, _ = start_prefect_server(tmp / "prefect-home")
-    os.environ["PREFECT_API_URL"] = api_url
-    from cortex_flows.backends.local.client import start_agent, stop_agent
-    from cortex_flows.backends.local.home import LocalHome
     from cortex_flows.flows.canary import canary_rollout
     from cortex_flows.flows.deploy import deploy
 
-    home = LocalHome.default()
-    start_agent(home)
-    try:
-        url = deploy(path=str(project))[NAME]
+    with local_stack(NAME, lambda project: write_project(project, 0.0)) as stack:
+        url = deploy(path=str(stack.project))[NAME]
         wait_http("POST", url, content=BODY, headers={"content-type": "application/json"}, timeout=30.0)
-        write_project(project, ERROR_RATE)
-        load = Load(gateway_port, f"/{NAME}", CONNECTIONS, args.max_seconds)
+        write_project(stack.project, ERROR_RATE)
+        load = Load(stack.gateway_port, f"/{NAME}", CONNECTIONS, args.max_seconds)
         t0 = time.monotonic()
-        state = canary_rollout(path=str(project), return_state=True)
+        state = canary_rollout(path=str(stack.project), return_state=True)
         wall = time.monotonic() - t0
         seen = load.stop()
-    finally:
-        stop_agent(home)
-        flush_prefect()
-        server.terminate()
-        server.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     message = state.message or ""
     back = float(match[1]) if (match := BACK.search(message)) else None

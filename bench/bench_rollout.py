@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from datetime import datetime, timedelta
@@ -34,7 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results
-from harness import EXAMPLE, flush_prefect, free_port, start_prefect_server, wait_http
+from harness import free_port, local_stack, wait_http
 from loadgen import LoadResult
 from results import Row
 
@@ -204,47 +202,27 @@ def main() -> None:
         serve_load(int(port), path, int(connections), float(seconds))
         return
 
-    tmp = Path(tempfile.mkdtemp(prefix="cortex-bench-rollout-"))
-    gateway_port = free_port()
-    home_dir = tmp / "home"
-    os.environ.update(CORTEX_FLOWS_HOME=str(home_dir), CORTEX_FLOWS_GATEWAY_PORT=str(gateway_port))
-    project = tmp / NAME
-    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "model.joblib"))
-    write_spec(project)
-    subprocess.run([sys.executable, str(project / "train.py")], check=True, stdout=subprocess.DEVNULL)
-    server, api_url, _ = start_prefect_server(tmp / "prefect-home")
-    os.environ["PREFECT_API_URL"] = api_url
-    from cortex_flows.backends.local.client import start_agent, stop_agent
-    from cortex_flows.backends.local.home import LocalHome
     from cortex_flows.flows.deploy import deploy
 
-    home = LocalHome.default()
-    start_agent(home)
-    try:
-        url = deploy(path=str(project))[NAME]
+    with local_stack(NAME, write_spec) as stack:
+        url = deploy(path=str(stack.project))[NAME]
         path = "/" + url.split("/", 3)[3]
         wait_http("POST", url, content=BODY, headers={"content-type": "application/json"}, timeout=30.0)
-        Load(gateway_port, path, args.connections, args.warmup).result()
-        steady = Load(gateway_port, path, args.connections, args.steady).result()
-        ready_times = replica_start_to_ready(home.root, args.runs)
-        busy = Load(gateway_port, path, args.connections, 60.0)  # the same, while the load runs
+        Load(stack.gateway_port, path, args.connections, args.warmup).result()
+        steady = Load(stack.gateway_port, path, args.connections, args.steady).result()
+        ready_times = replica_start_to_ready(stack.home.root, args.runs)
+        busy = Load(stack.gateway_port, path, args.connections, 60.0)  # the same, while the load runs
         time.sleep(1.0)
-        busy_ready = replica_start_to_ready(home.root, 1)[0]
+        busy_ready = replica_start_to_ready(stack.home.root, 1)[0]
         busy.stop()
 
-        write_spec(project, bench_tag="v2")  # a config change: a new pod hash, every replica replaced
-        load = Load(gateway_port, path, args.connections, args.max_rollout + 10)
+        write_spec(stack.project, bench_tag="v2")  # a config change: a new pod hash, every replica replaced
+        load = Load(stack.gateway_port, path, args.connections, args.max_rollout + 10)
         t0 = time.monotonic()
-        state = deploy(path=str(project), timeout=args.max_rollout, return_state=True)
+        state = deploy(path=str(stack.project), timeout=args.max_rollout, return_state=True)
         flow_wall = time.monotonic() - t0
         during = load.stop()
         report = asyncio.run(_report(state.state_details.flow_run_id))
-    finally:
-        stop_agent(home)
-        flush_prefect()
-        server.terminate()
-        server.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     timeline, roll_span, waits = parse_timeline(report)
     n_batches, surge, unavailable = floor_batches()

@@ -11,17 +11,25 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "deployments" / "iris-classifier"
+if TYPE_CHECKING:
+    from cortex_flows.backends.local.home import LocalHome
+
 _ERROR = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit)\b|^ERROR\b|^error\b")
 
 
@@ -163,3 +171,38 @@ def _group_alive(proc: subprocess.Popen) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@dataclass
+class Stack:
+    project: Path  # the example, copied, written and trained
+    gateway_port: int
+    home: LocalHome
+
+
+@contextlib.contextmanager
+def local_stack(name: str, write_project: Callable[[Path], None]) -> Iterator[Stack]:
+    """The example copied as project `name` (written by `write_project`, then trained), a private agent home
+    and gateway port, a Prefect server and the agent running; all stopped and removed after."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"cortex-bench-{name}-"))
+    gateway_port = free_port()
+    os.environ.update(CORTEX_FLOWS_HOME=str(tmp / "home"), CORTEX_FLOWS_GATEWAY_PORT=str(gateway_port))
+    project = tmp / name
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("__pycache__", "model.joblib"))
+    write_project(project)
+    subprocess.run([sys.executable, str(project / "train.py")], check=True, stdout=subprocess.DEVNULL)
+    server, api_url, _ = start_prefect_server(tmp / "prefect-home")
+    os.environ["PREFECT_API_URL"] = api_url
+    from cortex_flows.backends.local.client import start_agent, stop_agent
+    from cortex_flows.backends.local.home import LocalHome
+
+    home = LocalHome.default()
+    start_agent(home)
+    try:
+        yield Stack(project, gateway_port, home)
+    finally:
+        stop_agent(home)
+        flush_prefect()
+        server.terminate()
+        server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
