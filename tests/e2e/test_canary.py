@@ -1,7 +1,8 @@
 """Canary rollouts under load: a healthy candidate is promoted step by step as `plan` showed, with no
 failed request, pausing at its weight outside its time window (a fixed clock); a candidate with errors,
 one much slower and one that always answers the same class are rolled back at the first step, fast, with
-failures confined to the candidate's share; thin traffic holds the rollout until a person decides."""
+failures confined to the candidate's share; thin traffic holds the rollout until a person decides, or is
+extended and then rolled back, as the spec's `inconclusive` policy says."""
 
 from __future__ import annotations
 
@@ -150,6 +151,22 @@ def test_thin_traffic_holds_until_a_person_decides(stable, prefect_api):
     held = [line for line in report.splitlines() if "| held |" in line]
     assert len(held) == 2 and "inconclusive" in held[0] and "person: extend: more traffic after lunch" in held[0]
     assert "too few" in report.lower() or "fewer" in report.lower(), report
+    assert asyncio.run(LocalBackend().status("canary")).versions[0].revision == 1
+
+
+def test_thin_traffic_is_extended_then_rolled_back_as_configured(stable):
+    """The default policy: an inconclusive step bakes again, up to `max_extensions`, then rolls back
+    (never promoted on no evidence); the report records each extension and why."""
+    project = write_project(stable["project"], "good", canary={"min_samples": 100000, "max_extensions": 1})
+    load = BackgroundLoad(stable["url"], {"x": 1}, connections=1)
+    state = canary_rollout(path=str(project), return_state=True)
+    outcomes = load.stop()
+    assert state.is_failed() and "still inconclusive at step 1 (30%) after 1 extensions" in state.message, state.message
+    report = _artifact("canary-report")
+    rows = [line.split("|") for line in report.splitlines() if line.startswith("| 30% |")]
+    assert [(cells[3].strip(), cells[-2].strip()) for cells in rows] == [("0", "extend"), ("1", "rollback")], report
+    assert all("inconclusive (fewer than 100000 samples per arm): extend" in "|".join(cells) for cells in rows)
+    assert [o for o in outcomes if o not in ("1", "2")] == [] and outcomes[-5:] == ["1"] * 5
     assert asyncio.run(LocalBackend().status("canary")).versions[0].revision == 1
 
 
