@@ -65,10 +65,10 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=120.0, help="bound on the load during the canary")
     results.add_option(parser)
     args = parser.parse_args()
-    from cortex_flows.flows.canary import canary_rollout
-    from cortex_flows.flows.deploy import deploy
-
     with local_stack(NAME, lambda project: write_project(project, 0.0)) as stack:
+        from cortex_flows.flows.canary import canary_rollout
+        from cortex_flows.flows.deploy import deploy
+
         url = deploy(path=str(stack.project))[NAME]
         wait_http("POST", url, content=BODY, headers={"content-type": "application/json"}, timeout=30.0)
         write_project(stack.project, ERROR_RATE)

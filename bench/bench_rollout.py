@@ -202,9 +202,9 @@ def main() -> None:
         serve_load(int(port), path, int(connections), float(seconds))
         return
 
-    from cortex_flows.flows.deploy import deploy
-
     with local_stack(NAME, write_spec) as stack:
+        from cortex_flows.flows.deploy import deploy
+
         url = deploy(path=str(stack.project))[NAME]
         path = "/" + url.split("/", 3)[3]
         wait_http("POST", url, content=BODY, headers={"content-type": "application/json"}, timeout=30.0)

@@ -183,7 +183,8 @@ class Stack:
 @contextlib.contextmanager
 def local_stack(name: str, write_project: Callable[[Path], None]) -> Iterator[Stack]:
     """The example copied as project `name` (written by `write_project`, then trained), a private agent home
-    and gateway port, a Prefect server and the agent running; all stopped and removed after."""
+    and gateway port, a Prefect server and the agent running; all stopped and removed after. Import the
+    flows inside the block: it points PREFECT_API_URL at its server, which Prefect reads at import."""
     tmp = Path(tempfile.mkdtemp(prefix=f"cortex-bench-{name}-"))
     gateway_port = free_port()
     os.environ.update(CORTEX_FLOWS_HOME=str(tmp / "home"), CORTEX_FLOWS_GATEWAY_PORT=str(gateway_port))
