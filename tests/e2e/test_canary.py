@@ -156,10 +156,11 @@ def test_thin_traffic_holds_until_a_person_decides(stable, prefect_api):
 
 def test_thin_traffic_is_extended_then_rolled_back_as_configured(stable):
     """The default policy: an inconclusive step bakes again, up to `max_extensions`, then rolls back
-    (never promoted on no evidence); the report records each extension and why."""
-    project = write_project(stable["project"], "good", canary={"min_samples": 100000, "max_extensions": 1})
+    (never promoted on no evidence); the report records each extension and why. The sample floor and
+    the policy come from the flow's parameters, over the spec's."""
+    project = write_project(stable["project"], "good", canary={"inconclusive": "rollback", "max_extensions": 1})
     load = BackgroundLoad(stable["url"], {"x": 1}, connections=1)
-    state = canary_rollout(path=str(project), return_state=True)
+    state = canary_rollout(path=str(project), min_samples=100000, inconclusive="extend", return_state=True)
     outcomes = load.stop()
     assert state.is_failed() and "still inconclusive at step 1 (30%) after 1 extensions" in state.message, state.message
     report = _artifact("canary-report")
