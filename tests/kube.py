@@ -17,10 +17,11 @@ from aiohttp import web
 from cortex_flows.backends.kubernetes.api import KINDS
 
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
+SECRETS = kmock.resource("", "v1", "secrets")
 # kmock matches each request against every request it kept (its cost per request grows with them); it
 # appends a request and matches it with no await between, so trimming older ones never loses the current
 KEPT_REQUESTS = 4
-_PROXY = re.compile(r"/services/[^/]+/proxy(/|$)")
+_PROXY = re.compile(r"/namespaces/([^/]+)/services/([^/:]+)(:\w+)?/proxy(/|$)")
 
 
 class KubeServer:
@@ -28,7 +29,7 @@ class KubeServer:
 
     Requests pass through a front server that can misbehave as a loaded API server does (`failure_rate`
     of calls answered 429/500/409 without being served; a 422 for writes of the objects in `invalid`) and
-    answers the service proxy (`probe`) with 200. Every 50 ms the simulator sets each Deployment's status
+    answers the service proxy (`probe`) as a ready replica. Every 50 ms the simulator sets each Deployment's status
     to its spec (all replicas updated, ready and available), unless its name is in `stuck`, whose status
     gets the `ProgressDeadlineExceeded` condition a real controller reports.
     """
@@ -39,6 +40,7 @@ class KubeServer:
         self.failures: list[int] = []
         self.invalid: dict[str, str] = {}  # object name -> message of a 422 for any write to it
         self.latency = 0.0  # seconds each call takes before it is served (a remote API server's round trip)
+        self.proxied: list[tuple[str, str, str | None]] = []  # (method, service, X-Api-Key) through the proxy
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -83,8 +85,8 @@ class KubeServer:
         del log[:-KEPT_REQUESTS]
         if self.latency:
             await asyncio.sleep(self.latency)
-        if _PROXY.search(request.path):
-            return web.json_response({"status": "ready"})
+        if proxied := _PROXY.search(request.path):
+            return self._replica(request, namespace=proxied[1], service=proxied[2])
         if request.method in ("POST", "PATCH", "PUT"):
             name = _name_of(body) or request.path.rsplit("/", 1)[-1]
             if name in self.invalid:
@@ -96,6 +98,19 @@ class KubeServer:
             headers = {"Retry-After": "0"} if code == 429 else {}
             return _status(code, reason, f"injected {code}", headers)
         return await self.k(request)
+
+    def _replica(self, request: web.Request, namespace: str, service: str) -> web.Response:
+        """A ready replica behind the service proxy; like ours, it answers a POST only with one of the API's
+        keys when it has any (the API server keeps the Authorization header, so the key is `X-Api-Key`)."""
+        self.proxied.append((request.method, service, request.headers.get("X-Api-Key")))
+        api = re.sub(r"-r\d+$", "", service)
+        secret = next((obj for (kind, ns, name), obj in list(self.k.objects.items())
+                       if kind == SECRETS and ns == namespace and name == f"{api}-api-keys" and not obj.deleted), None)  # fmt: skip
+        if request.method == "POST" and secret is not None:
+            keys = json.loads(secret.raw["stringData"]["api-keys"])
+            if request.headers.get("X-Api-Key") not in keys:
+                return web.json_response({"error": "missing or unknown API key"}, status=401)
+        return web.json_response({"status": "ready"})
 
     async def _simulate(self) -> None:
         while True:

@@ -259,7 +259,8 @@ def test_the_replica_takes_the_keys_out_of_its_environment_and_refuses_bad_ones(
 
 def test_on_kubernetes_the_keys_are_only_in_their_secret(prefect_api, tmp_path, caplog):
     """The flows against kmock's API server: the keys Secret is the one object holding them, the serving
-    container names it by secretKeyRef, new keys roll a new version, and delete removes the Secret."""
+    container names it by secretKeyRef, new keys roll a new version, the smoke test's payload carries a
+    key the version accepts, and delete removes the Secret."""
     key, rotated_key = new_key("kube"), new_key("kube-rotated")
     name = f"kmock-keys-{uuid.uuid4().hex[:8]}"
     Secret(value=[key]).save(name, overwrite=True)
@@ -272,11 +273,13 @@ def test_on_kubernetes_the_keys_are_only_in_their_secret(prefect_api, tmp_path, 
                                 gateway_url="http://gateway.test", package_store=str(tmp_path / "store"))  # fmt: skip
         cluster.save(name, overwrite=True)
         with caplog.at_level(logging.DEBUG):
-            first = deploy(path=str(project), cluster=name, return_state=True)
+            first = deploy(path=str(project), cluster=name, smoke_payload=SETOSA, return_state=True)
             assert first.is_completed(), first.message
             Secret(value=[rotated_key]).save(name, overwrite=True)
-            rotated = deploy(path=str(project), cluster=name, return_state=True)
+            rotated = deploy(path=str(project), cluster=name, smoke_payload=SETOSA, return_state=True)
             assert rotated.is_completed(), rotated.message
+        # each smoke test's payload reached its version with a key it accepts (without one: 401, rolled back)
+        assert [(s, k) for m, s, k in kube.proxied if m == "POST"] == [(f"{API}-r1", key), (f"{API}-r2", rotated_key)]
         objects = kube.objects()
         secret = objects.pop(("Secret", f"{API}-api-keys"))
         assert parse_api_keys(secret["stringData"]["api-keys"]) == (rotated_key,)

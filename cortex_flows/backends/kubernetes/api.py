@@ -130,6 +130,7 @@ class KubeApi:
         *,
         retry_conflict: bool = True,
         raw: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         """One API call with the retry policy; the decoded JSON answer (text when `raw`)."""
         attempt = 0
@@ -138,7 +139,7 @@ class KubeApi:
             try:
                 answer = await self.client.call_api(
                     path, method, query_params=query or [], body=body,
-                    header_params={"Content-Type": content_type, "Accept": "application/json, */*"},
+                    header_params={"Content-Type": content_type, "Accept": "application/json, */*", **(headers or {})},
                     response_types_map={200: "str", 201: "str", 202: "str"}, auth_settings=["BearerToken"],
                     _return_http_data_only=True, _preload_content=False, _request_timeout=30,
                 )  # fmt: skip

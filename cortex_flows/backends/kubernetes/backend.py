@@ -11,6 +11,7 @@ truth: status is read back from the Deployments' own status and the route.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -42,6 +43,7 @@ from cortex_flows.backends.base import (
 )
 from cortex_flows.backends.kubernetes.api import KubeApi
 from cortex_flows.backends.kubernetes.manifests import (
+    API_KEYS_SECRET_KEY,
     KubeTarget,
     api_keys_secret,
     api_keys_secret_name,
@@ -52,7 +54,7 @@ from cortex_flows.backends.kubernetes.manifests import (
     version_objects,
 )
 from cortex_flows.backends.pooling import SharedClient
-from cortex_flows.serving.auth import API_KEYS_ENV
+from cortex_flows.serving.auth import API_KEYS_ENV, parse_api_keys
 
 if TYPE_CHECKING:
     from cortex_flows.rollout.shadow import ShadowReport
@@ -138,8 +140,8 @@ class KubernetesBackend:
                 await self._save_history(kube, api, [entry, *history][:HISTORY_LIMIT])
             await self._apply_version(kube, version, replicas, target, _floor(current))
             route = await kube.get("HTTPRoute", api)
-            if route is None:
-                await kube.apply(route_object(api, version.endpoint, {version.revision: 100}, self.target))
+            if route is None:  # no traffic until the rollout moves it, after readiness and the smoke test
+                await kube.apply(route_object(api, version.endpoint, {version.revision: 0}, self.target))
 
     async def scale_version(self, api: str, revision: int, replicas: int, arm: bool = False) -> None:
         """The Deployment's replicas; for an arm also its autoscaler's floor (raising it keeps replicas)."""
@@ -314,7 +316,9 @@ class KubernetesBackend:
         return None
 
     async def probe(self, api: str, revision: int, payload: object | None) -> tuple[int, str]:
-        """Through the API server's service proxy, straight to the version's Service (no route weights)."""
+        """Through the API server's service proxy, straight to the version's Service (no route weights).
+        A payload carries one of the API's keys, from its Secret, as `X-Api-Key`: the API server uses the
+        Authorization header for itself and does not pass it on."""
         async with self._kube() as kube:
             await self._version(kube, api, revision)
             path = kube.path("Service", f"{version_name(api, revision)}:http", "/proxy/")
@@ -322,7 +326,9 @@ class KubernetesBackend:
                 if payload is None:
                     body = await kube.text(path + "readyz")
                 else:
-                    body = json.dumps(await kube.request("POST", path, payload))
+                    key = await self._api_key(kube, api)
+                    headers = {"X-Api-Key": key} if key else None
+                    body = json.dumps(await kube.request("POST", path, payload, headers=headers))
             except BackendError as exc:
                 if exc.status is not None and exc.status < 500:
                     return exc.status, str(exc)
@@ -451,6 +457,16 @@ class KubernetesBackend:
         elif await kube.get("Secret", name) is None:
             return self.target
         return dataclasses.replace(self.target, aws_secret=name)
+
+    async def _api_key(self, kube: KubeApi, api: str) -> str | None:
+        """One of the API's keys (its Secret's first), or None when the API needs none."""
+        secret = await kube.get("Secret", api_keys_secret_name(api))
+        if secret is None:
+            return None
+        written = (secret.get("stringData") or {}).get(API_KEYS_SECRET_KEY)
+        stored = (secret.get("data") or {}).get(API_KEYS_SECRET_KEY)
+        keys = parse_api_keys(written if written is not None else base64.b64decode(stored or "").decode())
+        return keys[0] if keys else None
 
     async def _refuse_splitter_name(self, kube: KubeApi, api: str) -> None:
         route = await kube.get("HTTPRoute", api)
