@@ -15,6 +15,7 @@ COLUMNS = ("revision", "outcome", "created", "package", "spec hash", "changes")
 FIRST = "first revision"
 UNCHANGED = "no spec change"
 NOT_KEPT = "spec not kept"
+KEYS_CHANGED = "API keys changed"  # the spec hash covers a digest of the keys, never the keys
 
 
 def _flatten(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -60,6 +61,8 @@ def _changes(revision: Revision, older: Revision | None) -> str:
         changes.append(f"package: {older.package_id[:12]} -> {revision.package_id[:12]}")
     if not changes and revision.version.restart != older.version.restart:
         changes.append("restarted (refresh)")
+    if not changes and revision.spec_hash != older.spec_hash:  # the one other input of the hash
+        changes.append(KEYS_CHANGED)
     return "; ".join(changes) or UNCHANGED
 
 

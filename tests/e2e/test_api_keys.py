@@ -164,6 +164,8 @@ def test_keys_gate_requests_rotate_on_redeploy_and_stay_secret(prefect_api, loca
     print(f"\nrotation: {len(during)} requests during the deploy ({during.count(401)} refused by old replicas), "
           f"{len(after)} after it, all 200")  # fmt: skip
     assert revision_of(env) == 2
+    history = cli("history", API, env=env)
+    assert history.returncode == 0 and "API keys changed" in history.stdout, history.stdout + history.stderr
     assert status_of(url, authorization=f"Bearer {first_key}") == status_of(url, **{"x-api-key": second_key}) == 401
     assert status_of(url, authorization=f"Bearer {rotated_key}") == 200
 

@@ -48,13 +48,14 @@ def test_spec_diff_without_change_or_before():
 
 
 def _revision(n: int, spec: dict, outcome: Outcome, *, package: str = "a" * 64, restart: str = "",
-              kept: bool = True) -> Revision:  # fmt: skip
+              kept: bool = True, spec_hash: str | None = None) -> Revision:  # fmt: skip
+    spec_hash = spec_hash or f"{n}" * 64
     version = VersionSpec(
-        revision=n, endpoint="/iris", package_id=package, spec_hash=f"{n}" * 64, pod_hash="p",
+        revision=n, endpoint="/iris", package_id=package, spec_hash=spec_hash, pod_hash="p",
         replica=ReplicaConfig(api_name="iris", handler=HandlerRef(type="sklearn")), spec=spec, restart=restart,
     )  # fmt: skip
     created = datetime(2024, 5, 1, 12, n, 30, tzinfo=timezone(timedelta(hours=2)))
-    return Revision(revision=n, package_id=package, spec_hash=f"{n}" * 64, created=created, outcome=outcome,
+    return Revision(revision=n, package_id=package, spec_hash=spec_hash, created=created, outcome=outcome,
                     version=version if kept else None)  # fmt: skip
 
 
@@ -81,17 +82,18 @@ def test_revision_rows_newest_first_with_changes_against_the_next_older():
     assert rows[3]["changes"] == "first revision"
 
 
-def test_revision_rows_refresh_unchanged_and_unkept_specs():
+def test_revision_rows_refresh_keys_unchanged_and_unkept_specs():
     history = [
-        _revision(4, SPEC, Outcome.FAILED, kept=False),
-        _revision(3, SPEC, Outcome.LIVE, restart="r2"),
-        _revision(2, SPEC, Outcome.ROLLED_BACK, restart="r1"),
+        _revision(5, SPEC, Outcome.FAILED, kept=False),
+        _revision(4, SPEC, Outcome.LIVE, restart="r2", spec_hash="k" * 64),
+        _revision(3, SPEC, Outcome.SUPERSEDED, restart="r2"),
+        _revision(2, SPEC, Outcome.ROLLED_BACK, restart="r1", spec_hash="1" * 64),  # the same version again
         _revision(1, SPEC, Outcome.SUPERSEDED, restart="r1"),
     ]
     assert [r["changes"] for r in revision_rows(history)] == [
-        "spec not kept", "restarted (refresh)", "no spec change", "first revision",
+        "spec not kept", "API keys changed", "restarted (refresh)", "no spec change", "first revision",
     ]  # fmt: skip
-    assert revision_rows(history)[2]["outcome"] == "rolled-back"
+    assert revision_rows(history)[3]["outcome"] == "rolled-back"
     assert revision_rows([]) == []
 
 
