@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -593,6 +594,50 @@ def test_removed_replica_finishes_in_flight_work_and_gets_no_more(gw: GatewayThr
     wait_for(lambda: gw.gateway.in_flight(a.upstream) == 0, timeout=2, what="in-flight count to drop")
     assert gw.gateway.api_in_flight("iris") == 0
     assert gw.call(lambda: a.upstream not in gw.gateway.idle)  # not returned to the pool either
+
+
+def test_clients_that_send_too_slowly_get_408_and_idle_ones_are_closed(servers: dict) -> None:
+    """Slowloris: a head trickled in a byte at a time, or a body that stops, holds a connection for the
+    read timeout at most; a keep-alive connection with no request is closed; steady senders are served."""
+    with GatewayThread(read_timeout=0.6, keepalive_timeout=1.0) as gw:
+        gw.route("iris", "/iris", (100, [servers["a"].upstream]))
+
+        def trickle(data: bytes, pause: float) -> tuple[float, bytes]:
+            """Send a byte per `pause` until the gateway answers: (seconds until it did, the answer)."""
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+                for byte in data:
+                    s.sendall(bytes([byte]))
+                    if select.select([s], [], [], pause)[0]:
+                        break
+                answered = time.monotonic()
+                return answered - started, read_all(s)
+
+        slow_head = b"POST /iris HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"z" * 200
+        took, answer = trickle(slow_head, 0.02)  # a byte every 20 ms: never silent, never done
+        [(status, headers, body)] = split_responses(answer)
+        assert (status, headers["connection"]) == (408, "close") and json.loads(body)["error"].startswith("request not")
+        assert took < 0.6 + 1.0, took
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(b"POST /iris HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")  # then silence
+            started = time.monotonic()
+            assert split_responses(read_all(s))[0][0] == 408
+            assert time.monotonic() - started < 0.6 + 1.0
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:  # keep-alive, then nothing
+            s.sendall(b"GET /iris HTTP/1.1\r\nHost: t\r\n\r\n")
+            started = time.monotonic()
+            [(status, _, _)] = split_responses(read_all(s))  # closed by the gateway, not by us
+            assert status == 200 and 1.0 <= time.monotonic() - started < 1.0 + 1.0
+        steady = b"POST /iris HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:  # a slow body, never silent long
+            s.sendall(steady)
+            for byte in b"abcdefgh":  # 1.6 s in all, longer than the read timeout
+                time.sleep(0.2)
+                s.sendall(bytes([byte]))
+            [(status, _, body)] = split_responses(read_all(s))
+            assert status == 200 and json.loads(body)["body"] == "abcdefgh"
+        assert gw.call(lambda: len(gw.gateway.clients)) == 0
+        assert echo(gw.port, "/iris")["server"] == "a"
 
 
 def test_upstream_timeout_is_504(servers: dict) -> None:

@@ -99,11 +99,17 @@ class Gateway:
         max_idle_per_upstream: int = 64,
         idle_timeout: float = 4.0,
         max_mirrors_in_flight: int = DEFAULT_MAX_MIRRORS,
+        read_timeout: float = 30.0,
+        keepalive_timeout: float = 75.0,
     ) -> None:
         """`upstream_timeout`: longest silence from a replica mid-request (then 504, or a cut response),
         and the longest `RoutingTable.wait_for_upstream` may hold a request; a shadow's too. `idle_timeout`:
         pooled connections idle longer are closed; it stays below the replicas' keep-alive (uvicorn: 5 s)
         so we rarely reuse a socket the replica is closing (that race is retried anyway).
+        `read_timeout`: longest a client may take to send a request's whole head, and the longest silence
+        within its body (then 408 and close), so clients that send slowly on purpose hold no connection for
+        long. `keepalive_timeout`: a client connection with no request for this long is closed (nginx's
+        default).
         """
         self.table = table
         self.host = host
@@ -114,6 +120,8 @@ class Gateway:
         self.max_idle_per_upstream = max_idle_per_upstream
         self.idle_timeout = idle_timeout
         self.max_mirrors_in_flight = max_mirrors_in_flight
+        self.read_timeout = read_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.loop: asyncio.AbstractEventLoop  # set by start()
         self.stopping = False
         self.host_line = b""
@@ -245,18 +253,20 @@ class Gateway:
             req.capture = capture
 
     async def _sweep(self) -> None:
-        """Once per tick: time out silent upstreams and close pooled connections idle too long.
+        """Once per tick: time out silent upstreams and stalled clients, close connections idle too long.
 
         One periodic task instead of a timer per request keeps the request path free of timer churn.
         """
         loop = self.loop
-        tick = max(0.01, min(1.0, self.upstream_timeout / 10, self.idle_timeout / 4))
+        tick = max(0.01, min(1.0, self.upstream_timeout / 10, self.idle_timeout / 4, self.read_timeout / 10))
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
             try:
                 for conn in [c for c in self.busy if now - c.last_active > self.upstream_timeout]:
                     conn.time_out()
+                for client in [c for c in self.clients if c.stalled(now)]:
+                    client.time_out()
                 for pool in (self.idle, self.mirror_idle):
                     for conns in pool.values():
                         while conns and now - conns[0].last_active > self.idle_timeout:
@@ -289,9 +299,11 @@ class _Client(asyncio.Protocol):
         "head_size",
         "in_head",
         "lines",
+        "message_at",
         "parser",
         "peer",
         "queue",
+        "read_at",
         "reading_paused",
         "replied",
         "target",
@@ -324,6 +336,8 @@ class _Client(asyncio.Protocol):
         self.in_head = False
         self.head_bytes = 0  # bytes received while a head is incomplete (bounds one endless header)
         self.head_size = 0
+        self.read_at = 0.0  # loop time of the last bytes read, or of the last response
+        self.message_at = 0.0  # loop time the request being received began; 0: none is
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -345,11 +359,13 @@ class _Client(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0] if peer else "unknown").encode()
         self.xff_line = b"X-Forwarded-For: %s\r\n" % self.peer
+        self.read_at = self.gw.loop.time()
         self.gw.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.failed or self.eof:
             return  # lingering after an error reply, or reading stopped after an Upgrade request
+        self.read_at = self.gw.loop.time()
         try:
             if self.in_head:
                 self.head_bytes += len(data)
@@ -405,6 +421,7 @@ class _Client(asyncio.Protocol):
     # --- parser callbacks ----------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.message_at = self.read_at
         self.in_head = True
         self.head_bytes = 0
         self.head_size = 0
@@ -470,6 +487,7 @@ class _Client(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         parser = self.parser
+        self.message_at = 0.0
         self.continue_pending = False
         body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
         lines = self.lines
@@ -509,7 +527,26 @@ class _Client(asyncio.Protocol):
             if self.reading_paused:
                 self.reading_paused = False
                 self.transport.resume_reading()
+            self.read_at = self.gw.loop.time()  # idle from now on, until the next request
             return
+
+    def stalled(self, now: float) -> bool:
+        """Not serving it, a request's head arriving for longer than the read timeout, a silence that
+        long within its body, or no request at all for the keep-alive timeout."""
+        if self.current is not None or self.queue or self.closed:
+            return False  # the client waits for us, not we for it
+        if self.message_at:
+            return now - (self.message_at if self.in_head else self.read_at) > self.gw.read_timeout
+        return now - self.read_at > self.gw.keepalive_timeout
+
+    def time_out(self) -> None:
+        """408 for a request that is not coming in time, then close; close an idle connection."""
+        if self.message_at and not self.failed:
+            log.debug("gateway: %s sent a request too slowly", self.peer.decode())
+            self.failed = 408
+            self.process()
+        else:
+            self.close()
 
     def handle(self, req: _Request) -> None:
         self.current = req
@@ -716,6 +753,7 @@ class _Client(asyncio.Protocol):
         """Answer a request we could not parse or accept, then close without resetting the connection."""
         messages = {
             400: "malformed HTTP request",
+            408: "request not received in time",
             413: "request body too large",
             431: "request head too large",
         }
