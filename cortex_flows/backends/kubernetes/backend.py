@@ -124,22 +124,25 @@ class KubernetesBackend:
         self, api: str, version: VersionSpec, replicas: int, secret_env: dict[str, str] | None = None
     ) -> None:
         async with self._kube() as kube:
-            await self._refuse_splitter_name(kube, api)
-            current = await kube.get("Deployment", version_name(api, version.revision))
+            route, current, history = await asyncio.gather(  # one round trip for the reads, then the checks
+                kube.get("HTTPRoute", api),
+                kube.get("Deployment", version_name(api, version.revision)),
+                self._history(kube, api),
+            )
+            if route is not None and _annotation(route, "splitter"):
+                raise BackendError(f"{api!r} is a TrafficSplitter; give the API another name", status=422)
             if current is not None and _annotation(current, "pod-hash") != version.pod_hash:
                 raise BackendError(
                     f"revision {version.revision} of {api!r} exists with other pod settings; use a new revision",
                     status=409,
                 )
             target = await self._target_for(kube, api, secret_env)
-            history = await self._history(kube, api)
             if not any(r.revision == version.revision for r in history):
                 entry = Revision(revision=version.revision, package_id=version.package_id,
                                  spec_hash=version.spec_hash, created=datetime.now(UTC), outcome=Outcome.PENDING,
                                  version=version)  # fmt: skip
                 await self._save_history(kube, api, [entry, *history][:HISTORY_LIMIT])
             await self._apply_version(kube, version, replicas, target, _floor(current))
-            route = await kube.get("HTTPRoute", api)
             if route is None:  # no traffic until the rollout moves it, after readiness and the smoke test
                 await kube.apply(route_object(api, version.endpoint, {version.revision: 0}, self.target))
 
@@ -196,10 +199,10 @@ class KubernetesBackend:
         if sum(weights.values()) != 100 or any(w < 0 for w in weights.values()):
             raise BackendError(f"weights must be >= 0 and sum to 100, got {weights}", status=400)
         async with self._kube() as kube:
-            route = await kube.get("HTTPRoute", api)
+            route, deployments = await asyncio.gather(kube.get("HTTPRoute", api), self._deployments(kube, api))
             if route is None:
                 raise NotFound(f"API {api!r} is not deployed")
-            deployed = {int(_annotation(d, "revision")) for d in await self._deployments(kube, api)}
+            deployed = {int(_annotation(d, "revision")) for d in deployments}
             unknown = (set(weights) | ({mirror} if mirror is not None else set())) - deployed
             if unknown:
                 raise BackendError(f"unknown revision(s) {sorted(unknown)} for {api!r}", status=400)
@@ -215,8 +218,10 @@ class KubernetesBackend:
         mirror: tuple[int, float] | None,
     ) -> None:
         """The API's route, then every splitter over it (their weights multiply the API's)."""
-        await kube.apply(route_object(api, endpoint, weights, self.target, mirror))
-        for split in await self._splitters(kube):
+        _, splitters = await asyncio.gather(
+            kube.apply(route_object(api, endpoint, weights, self.target, mirror)), self._splitters(kube)
+        )
+        for split in splitters:
             if api in split.targets:
                 await self._apply_splitter_route(kube, split)
 
@@ -467,11 +472,6 @@ class KubernetesBackend:
         stored = (secret.get("data") or {}).get(API_KEYS_SECRET_KEY)
         keys = parse_api_keys(written if written is not None else base64.b64decode(stored or "").decode())
         return keys[0] if keys else None
-
-    async def _refuse_splitter_name(self, kube: KubeApi, api: str) -> None:
-        route = await kube.get("HTTPRoute", api)
-        if route is not None and _annotation(route, "splitter"):
-            raise BackendError(f"{api!r} is a TrafficSplitter; give the API another name", status=422)
 
     async def _history(self, kube: KubeApi, api: str) -> list[Revision]:
         found = await kube.get("ConfigMap", f"{api}-history")
