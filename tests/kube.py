@@ -18,8 +18,9 @@ from cortex_flows.backends.kubernetes.api import KINDS
 
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 SECRETS = kmock.resource("", "v1", "secrets")
-# kmock matches each request against every request it kept (its cost per request grows with them); it
-# appends a request and matches it with no await between, so trimming older ones never loses the current
+# kmock matches each request against every request it kept (its cost per request grows with them). It
+# appends a request and matches it with no await between, and the front trims the log just before handing
+# it a request, so the log stays this short however many requests wait in the front (latency, faults).
 KEPT_REQUESTS = 4
 _PROXY = re.compile(r"/namespaces/([^/]+)/services/([^/:]+)(:\w+)?/proxy(/|$)")
 
@@ -81,8 +82,6 @@ class KubeServer:
     async def _front(self, request: web.Request) -> web.StreamResponse:
         """What the API server answers: the service proxy, injected faults, else kmock's answer."""
         body = await request.read()
-        log = self.k._requests  # tests here assert on objects, not requests: keep only the recent ones
-        del log[:-KEPT_REQUESTS]
         if self.latency:
             await asyncio.sleep(self.latency)
         if proxied := _PROXY.search(request.path):
@@ -97,6 +96,7 @@ class KubeServer:
             reason = {429: "TooManyRequests", 500: "InternalError", 409: "Conflict"}[code]
             headers = {"Retry-After": "0"} if code == 429 else {}
             return _status(code, reason, f"injected {code}", headers)
+        del self.k._requests[:-KEPT_REQUESTS]  # tests assert on objects, not requests: keep the recent ones
         return await self.k(request)
 
     def _replica(self, request: web.Request, namespace: str, service: str) -> web.Response:
