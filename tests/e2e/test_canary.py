@@ -10,7 +10,7 @@ import asyncio
 import re
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,11 +21,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactCollectionFilter,
     ArtifactCollectionFilterKey,
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 from prefect.flow_runs import resume_flow_run
 
 from cortex_flows.backends.local.client import LocalBackend
@@ -156,13 +159,22 @@ def test_thin_traffic_holds_until_a_person_decides(stable, prefect_api):
 
 def test_thin_traffic_is_extended_then_rolled_back_as_configured(stable):
     """The default policy: an inconclusive step bakes again, up to `max_extensions`, then rolls back
-    (never promoted on no evidence); the report records each extension and why. The sample floor and
-    the policy come from the flow's parameters, over the spec's."""
+    (never promoted on no evidence); the report records each extension and why, and the run leaves its
+    progress artifact and the step and rolled-back events. The sample floor and the policy come from the
+    flow's parameters, over the spec's."""
     project = write_project(stable["project"], "good", canary={"inconclusive": "rollback", "max_extensions": 1})
     load = BackgroundLoad(stable["url"], {"x": 1}, connections=1)
+    since = datetime.now(UTC)
     state = canary_rollout(path=str(project), min_samples=100000, inconclusive="extend", return_state=True)
     outcomes = load.stop()
     assert state.is_failed() and "still inconclusive at step 1 (30%) after 1 extensions" in state.message, state.message
+    events = wait_for(lambda: _events(since, "cortex.canary.rolled-back"), 30, interval=0.5, what="the events")
+    assert [e.event for e in events] == ["cortex.canary.step", "cortex.canary.rolled-back"]
+    assert events[0].payload["weight"] == 30 and "after 1 extensions" in events[1].payload["reason"]
+    with get_client(sync_client=True) as client:
+        kinds = {a.type for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))}  # fmt: skip
+    assert {"progress", "markdown"} <= kinds, kinds
     report = _artifact("canary-report")
     rows = [line.split("|") for line in report.splitlines() if line.startswith("| 30% |")]
     assert [(cells[3].strip(), cells[-2].strip()) for cells in rows] == [("0", "extend"), ("1", "rollback")], report
@@ -176,6 +188,14 @@ def _paused_run(run_id: Any = None) -> Any:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))  # fmt: skip
     return next((run for run in runs if run_id is None or run.id == run_id), None)
+
+
+def _events(since: datetime, last: str) -> list[Any] | None:
+    """The canary events since `since`, oldest first, once `last` is among them (written asynchronously)."""
+    flt = EventFilter(occurred=EventOccurredFilter(since=since), event=EventNameFilter(prefix=["cortex.canary."]))
+    with get_client(sync_client=True) as client:
+        found = sorted(client.read_events(filter=flt, limit=50).events, key=lambda e: e.occurred)
+    return found if any(e.event == last for e in found) else None
 
 
 def _artifact(key: str) -> str:
